@@ -1,0 +1,1 @@
+"""lpld_pipeline: squeeze, class-wise synthesis, relabel and student training for LPLD."""
