@@ -1,5 +1,6 @@
 """lpldstore: a chunked, versioned Zarr v3 store for pruned soft-label pools."""
 
+from lpldstore._schema import FORMAT_NAME, FORMAT_VERSION, Layout
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import (
     ConfigError,
@@ -12,22 +13,41 @@ from lpldstore.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
+from lpldstore.plan import PruningPlan
+from lpldstore.reader import Entry, EntryMetadata, LabelStore, open_store
+from lpldstore.sizes import peer_layout_bytes, storage_bytes
+from lpldstore.verify import Problem, VerifyReport, verify_store
+from lpldstore.writer import StoreWriter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
     "CodecConfig",
     "ConfigError",
     "DatasetInfo",
+    "Entry",
     "EntryError",
+    "EntryMetadata",
     "FormatError",
+    "LabelStore",
+    "Layout",
     "LpldStoreError",
     "NotAStoreError",
+    "Problem",
     "Provenance",
+    "PruningPlan",
     "RelabelConfig",
     "StoreDamagedError",
     "StoreExistsError",
+    "StoreWriter",
     "UnsupportedVersionError",
     "ValidationError",
+    "VerifyReport",
     "__version__",
+    "open_store",
+    "peer_layout_bytes",
+    "storage_bytes",
+    "verify_store",
 ]

@@ -1,0 +1,267 @@
+"""Reading a store: its metadata, its images, and its label entries by key or position."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+from zarr.abc.store import Store
+
+from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays
+from lpldstore._storage import StoreLike, is_url, open_root, open_zarr_store
+from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
+from lpldstore.errors import EntryError, StoreDamagedError
+from lpldstore.plan import PruningPlan
+
+__all__ = ["Entry", "EntryMetadata", "LabelStore", "open_store"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Entry:
+    """One stored batch: its composition, its augmentation parameters and its logits.
+
+    Arrays hold the ``n`` real images of the batch (padding removed). ``crops`` rows are (top,
+    left, height, width) in source pixels; ``mix_box`` is (top, left, bottom, right) in output
+    pixels; ``mix_index`` gives each slot's CutMix partner slot.
+    """
+
+    epoch: int
+    batch: int
+    position: int
+    indices: npt.NDArray[np.int64]
+    crops: npt.NDArray[np.int64]
+    flips: npt.NDArray[np.bool_]
+    mix_index: npt.NDArray[np.int64]
+    mix_lam: float
+    mix_box: npt.NDArray[np.int64]
+    logits: npt.NDArray[np.float16]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class EntryMetadata:
+    """The small arrays of many entries, padded to the batch size (index -1 marks padding)."""
+
+    positions: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.int64]
+    crops: npt.NDArray[np.int64]
+    flips: npt.NDArray[np.bool_]
+    mix_index: npt.NDArray[np.int64]
+    mix_lam: npt.NDArray[np.float32]
+    mix_box: npt.NDArray[np.int64]
+    committed: npt.NDArray[np.bool_]
+
+
+def _damaged(where: str, what: str, exc: Exception) -> StoreDamagedError:
+    return StoreDamagedError(
+        f"{where}: {what} could not be read ({exc}). The stored bytes are damaged or missing; "
+        "run `lpldstore verify` for a full report."
+    )
+
+
+class LabelStore:
+    """A read-only view of a store. Use :func:`open_store` to get one; close it when done."""
+
+    def __init__(self, store: Store, where: str) -> None:
+        self._store = store
+        self.where = where
+        root = open_root(store, where)
+        self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
+        self._arrays = check_arrays(root, self.attrs, where)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        return self.attrs.dataset
+
+    @property
+    def plan(self) -> PruningPlan:
+        return self.attrs.plan
+
+    @property
+    def relabel(self) -> RelabelConfig:
+        return self.attrs.relabel
+
+    @property
+    def codec(self) -> CodecConfig:
+        return self.attrs.codec
+
+    @property
+    def layout(self) -> Layout:
+        return self.attrs.layout
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.attrs.provenance
+
+    @property
+    def num_entries(self) -> int:
+        return self.plan.num_kept
+
+    @property
+    def keys(self) -> npt.NDArray[np.int64]:
+        """(num_entries, 2) (epoch, batch) of every kept entry, in store order."""
+        return self.plan.kept_keys
+
+    @property
+    def zarr_store(self) -> Store:
+        return self._store
+
+    def array(self, path: str) -> zarr.Array:
+        """The underlying zarr array at ``path`` (``pool/logits``, ``images/pixels`` ...)."""
+        return self._arrays[path]
+
+    def position(self, epoch: int, batch: int) -> int:
+        return self.plan.position(epoch, batch)
+
+    def committed(self) -> npt.NDArray[np.bool_]:
+        """Which entries are committed (re-read on every call: writers may be at work)."""
+        try:
+            return np.asarray(self._arrays["pool/committed"][:], dtype=bool)
+        except ValueError as exc:
+            raise _damaged(self.where, "the commit flags", exc) from exc
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.committed().all())
+
+    # -- images --------------------------------------------------------------------------------
+
+    def images(self) -> npt.NDArray[np.uint8]:
+        """All images, uint8 (N, H, W, 3)."""
+        try:
+            return np.asarray(self._arrays["images/pixels"][:])
+        except ValueError as exc:
+            raise _damaged(self.where, "the images", exc) from exc
+
+    def labels(self) -> npt.NDArray[np.int64]:
+        """The hard class label of every image."""
+        try:
+            return np.asarray(self._arrays["images/labels"][:], dtype=np.int64)
+        except ValueError as exc:
+            raise _damaged(self.where, "the image labels", exc) from exc
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def entry(self, epoch: int, batch: int) -> Entry:
+        """The committed entry (epoch, batch); :class:`EntryError` if pruned or not committed."""
+        return self.entry_at(self.position(epoch, batch))
+
+    def entry_at(self, position: int) -> Entry:
+        """The committed entry at a position of the store (0 <= position < num_entries)."""
+        epoch, batch = self.plan.key_at(position)
+        name = f"{self.where}: entry (epoch={epoch}, batch={batch})"
+        meta = self.metadata([position])
+        if not meta.committed[0]:
+            raise EntryError(f"{name} is not committed: the writer has not finished it.")
+        n = self.plan.batch_length(batch)
+        logits = self.logits_at(position)
+        entry = Entry(
+            epoch=epoch,
+            batch=batch,
+            position=position,
+            indices=meta.indices[0, :n],
+            crops=meta.crops[0, :n],
+            flips=meta.flips[0, :n],
+            mix_index=meta.mix_index[0, :n],
+            mix_lam=float(meta.mix_lam[0]),
+            mix_box=meta.mix_box[0],
+            logits=logits[:n],
+        )
+        _check_entry_sane(entry, self.dataset.num_images, name)
+        return entry
+
+    def logits_at(self, position: int) -> npt.NDArray[np.float16]:
+        """The stored logits of one entry, (batch_size, num_classes) float16, padding included."""
+        epoch, batch = self.plan.key_at(position)
+        n = self.plan.batch_length(batch)
+        try:
+            logits = np.asarray(self._arrays["pool/logits"][position])
+        except ValueError as exc:
+            raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
+        # A missing chunk reads as the NaN fill value: real logits are always finite.
+        if not np.isfinite(logits[:n]).all():
+            raise StoreDamagedError(
+                f"{self.where}: the logits of entry (epoch={epoch}, batch={batch}) are missing or hold "
+                "non-finite values. Run `lpldstore verify` for a full report."
+            )
+        return logits
+
+    def metadata(self, positions: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None) -> EntryMetadata:
+        """The small arrays of the entries at ``positions`` (all when None), one read per array."""
+        if positions is None:
+            pos = np.arange(self.num_entries, dtype=np.int64)
+        else:
+            pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+            if pos.size and (pos.min() < 0 or pos.max() >= self.num_entries):
+                raise EntryError(f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}.")
+        read: dict[str, npt.NDArray[Any]] = {}
+        for name in (*ENTRY_ARRAYS, "committed"):
+            array = self._arrays[f"pool/{name}"]
+            try:
+                # One orthogonal read per array: zarr fetches the needed chunks concurrently.
+                read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
+            except ValueError as exc:
+                raise _damaged(self.where, f"pool/{name}", exc) from exc
+        return EntryMetadata(
+            positions=pos,
+            keys=self.plan.kept_keys[pos],
+            indices=read["indices"].astype(np.int64),
+            crops=read["crop"].astype(np.int64),
+            flips=read["flip"].astype(bool),
+            mix_index=read["mix_index"].astype(np.int64),
+            mix_lam=read["mix_lam"].astype(np.float32),
+            mix_box=read["mix_box"].astype(np.int64),
+            committed=read["committed"].astype(bool),
+        )
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        p = self.plan
+        return (
+            f"LabelStore({self.where!r}, {self.dataset.num_images} images, {self.dataset.num_classes} classes, "
+            f"{p.num_kept}/{p.total_entries} entries, {p.strategy} x{p.ratio:g})"
+        )
+
+
+def _check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
+    # Cheap checks that catch a missing small-array chunk (read as its impossible fill value).
+    n = len(entry.indices)
+    if n and (entry.indices.min() < 0 or entry.indices.max() >= num_images):
+        raise StoreDamagedError(f"{name}: image indices are out of range; the stored indices are damaged or missing.")
+    if sorted(entry.mix_index.tolist()) != list(range(n)) or not np.isfinite(entry.mix_lam):
+        raise StoreDamagedError(f"{name}: the CutMix record is damaged or missing.")
+
+
+def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:
+    """Open a store for reading: a store directory, a ``.zip`` of one, or an fsspec URL.
+
+    Raises :class:`NotAStoreError` for anything that is not an lpldstore store and
+    :class:`UnsupportedVersionError` for a store of a newer format version.
+    """
+    where = str(source) if is_url(source) else str(Path(source))
+    store = open_zarr_store(source, read_only=True, storage_options=storage_options)
+    try:
+        return LabelStore(store, where)
+    except BaseException:
+        store.close()
+        raise
