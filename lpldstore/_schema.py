@@ -215,7 +215,7 @@ def create_arrays(group: zarr.Group, attrs: StoreAttrs) -> None:
         else:
             kwargs["chunks"] = (block, *trailing)
             kwargs["compressors"] = _checksummed(ZstdCodec(level=3))
-        pool.create_array(
+        array = pool.create_array(
             spec.name,
             shape=(entries, *trailing),
             dtype=spec.dtype,
@@ -224,7 +224,8 @@ def create_arrays(group: zarr.Group, attrs: StoreAttrs) -> None:
             config={"write_empty_chunks": True},
             **kwargs,
         )
-    pool["key"][:] = plan.kept_keys.astype(np.int32)
+        if spec.name == "key":
+            array[:] = plan.kept_keys.astype(np.int32)
 
 
 def expected_shapes(attrs: StoreAttrs) -> dict[str, tuple[int, ...]]:

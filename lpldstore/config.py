@@ -38,11 +38,10 @@ def _to_json(value: Any) -> Any:
 
 
 def _from_json(value: Any) -> Any:
-    # JSON has no tuples: every array comes back as a tuple so that records stay hashable.
+    # JSON has no tuples: a record's array fields come back as tuples (of tuples) so that records
+    # stay hashable. Free-form JSON objects (a config, codec params) are kept exactly as given.
     if isinstance(value, list):
         return tuple(_from_json(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _from_json(v) for k, v in value.items()}
     return value
 
 

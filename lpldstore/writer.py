@@ -192,8 +192,9 @@ class StoreWriter:
         try:
             root = zarr.open_group(LocalStore(staging), mode="w-", zarr_format=3, attributes=attrs.to_json())
             create_arrays(root, attrs)
-            root["images/pixels"][:] = pixels
-            root["images/labels"][:] = hard.astype(np.int32)
+            arrays = check_arrays(root, attrs, str(staging))
+            arrays["images/pixels"][:] = pixels
+            arrays["images/labels"][:] = hard.astype(np.int32)
             consolidate(LocalStore(staging))
             # The rename is atomic: a store at `target` is always a complete one.
             os.rename(staging, target)
