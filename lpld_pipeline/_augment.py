@@ -1,0 +1,126 @@
+"""Per-group synthesis augmentation: pure draws and one batched kernel.
+
+Every random number is a pure function of ``(seed, key, iteration, slot)`` through a counter-based
+hash (SplitMix64), so a group draws the same crop, flip and jitter whether it is optimized alone or
+packed with other groups, on any device and in any order; no generator state is carried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop
+_SLOTS = 2 * _CROP_ATTEMPTS + 5
+_INIT_ITERATION = 2**32 - 1  # a counter value that augmentation draws never reach
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = (x + _GOLDEN).astype(np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def hash_keys(seed: int, keys: np.ndarray, iteration: int) -> np.ndarray:
+    """One uint64 per row of ``keys`` (int64 ``(G, K)``), mixing seed, key columns and iteration."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(len(keys), -1)
+    h = _splitmix(np.full(len(keys), seed, dtype=np.int64).astype(np.uint64))
+    for col in range(keys.shape[1]):
+        h = _splitmix(h ^ keys[:, col].astype(np.uint64))
+    return _splitmix(h ^ np.uint64(iteration))
+
+
+def uniforms(seed: int, keys: np.ndarray, iteration: int, n: int) -> np.ndarray:
+    """``(G, n)`` float64 uniforms in [0, 1), a pure function of the arguments."""
+    base = hash_keys(seed, keys, iteration)
+    slots = _splitmix(np.arange(n, dtype=np.uint64))
+    bits = _splitmix(base[:, None] ^ slots[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def init_seed(seed: int, key: tuple[int, ...]) -> int:
+    """A torch seed for a group's initial pixels, apart from every augmentation draw."""
+    return int(hash_keys(seed, np.asarray([key], dtype=np.int64), _INIT_ITERATION)[0] >> np.uint64(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugParams:
+    """One draw per group: crop box ``(top, left, height, width)`` in pixels, flip and roll shifts."""
+
+    boxes: np.ndarray  # int64 (G, 4)
+    flips: np.ndarray  # bool (G,)
+    shifts: np.ndarray  # int64 (G, 2), (dy, dx)
+
+
+def draw_params(
+    seed: int,
+    keys: np.ndarray,
+    iteration: int,
+    *,
+    size: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    flip: bool,
+    jitter: int,
+) -> AugParams:
+    """Random-resized-crop boxes (torchvision's rejection rule), flips and jitter for each group."""
+    u = uniforms(seed, keys, iteration, _SLOTS)
+    g = len(u)
+    height, width = size
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    boxes = np.zeros((g, 4), dtype=np.int64)
+    done = np.zeros(g, dtype=bool)
+    for attempt in range(_CROP_ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 2 * attempt])
+        aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, 2 * attempt + 1])
+        w = np.round(np.sqrt(target * aspect)).astype(np.int64)
+        h = np.round(np.sqrt(target / aspect)).astype(np.int64)
+        ok = ~done & (w > 0) & (h > 0) & (w <= width) & (h <= height)
+        top = np.floor(u[:, 20] * (height - h + 1)).astype(np.int64)
+        left = np.floor(u[:, 21] * (width - w + 1)).astype(np.int64)
+        boxes[ok] = np.stack([top, left, h, w], axis=1)[ok]
+        done |= ok
+    if not done.all():  # torchvision's fallback: the whole image
+        boxes[~done] = (0, 0, height, width)
+    flips = (u[:, 22] < 0.5) if flip else np.zeros(g, dtype=bool)
+    shifts = np.floor(u[:, 23:25] * (jitter + 1)).astype(np.int64)
+    return AugParams(boxes=boxes, flips=flips, shifts=shifts)
+
+
+def apply_params(x: torch.Tensor, params: AugParams, group_of: torch.Tensor) -> torch.Tensor:
+    """Crop-resize (bilinear), flip, then roll each sample by its group's parameters.
+
+    One ``grid_sample`` and one gather for the whole batch; each output sample depends only on its
+    own input sample and its group's parameters.
+    """
+    n, _, height, width = x.shape
+    dev, dt = x.device, x.dtype
+    box = torch.as_tensor(params.boxes, dtype=torch.float64)
+    top, left, h, w = box.unbind(1)
+    sign = 1.0 - 2.0 * torch.as_tensor(params.flips, dtype=torch.float64)
+    # Affine map of output [-1, 1] coordinates onto the crop (align_corners=False pixel centres).
+    theta = torch.zeros(len(box), 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = sign * w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    theta = theta.to(device=dev, dtype=dt)[group_of]
+    grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    shifts = torch.as_tensor(params.shifts, device=dev)[group_of]
+    if bool((shifts != 0).any()):
+        rows = (torch.arange(height, device=dev)[None, :] - shifts[:, :1]) % height  # (N, H)
+        cols = (torch.arange(width, device=dev)[None, :] - shifts[:, 1:]) % width  # (N, W)
+        out = out.gather(2, rows[:, None, :, None].expand(-1, out.shape[1], -1, width))
+        out = out.gather(3, cols[:, None, None, :].expand(-1, out.shape[1], height, -1))
+    return out
