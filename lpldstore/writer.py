@@ -399,7 +399,8 @@ class StoreWriter:
                 )
 
         raw = _as_array("logits", logits, (n, dataset.num_classes), "f", where)
-        half = raw.astype(np.float16)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as an error
+            half = raw.astype(np.float16)
         if not np.isfinite(half).all():
             culprit = "non-finite" if not np.isfinite(raw).all() else "beyond the float16 range (|x| > 65504)"
             raise ValidationError(f"{where}: logits hold values {culprit}; every logit must be finite in float16.")
