@@ -324,14 +324,14 @@ def draw_params(
     unknown = sorted(set(extras) - set(_OPTIONAL))
     if unknown:
         raise ConfigError(f"Expected optional augmentations among {list(_OPTIONAL)}. Got {unknown} instead.")
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_BATCH:
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or not 0 <= n <= MAX_BATCH:
         raise ConfigError(
             f"Expected a batch of 0 to {MAX_BATCH} images (mix_index is stored as int16). Got {n!r} instead."
         )
     height, width = image_hw
     if not (0 < height <= MAX_BATCH and 0 < width <= MAX_BATCH):
         raise ConfigError(f"Expected image_hw with sides in [1, {MAX_BATCH}]. Got {image_hw!r} instead.")
-    geom = BatchGeometry(n=n, image_hw=(int(height), int(width)), output_size=relabel.output_size)
+    geom = BatchGeometry(n=int(n), image_hw=(int(height), int(width)), output_size=relabel.output_size)
     arrays: dict[str, npt.NDArray[Any]] = {}
     for spec in REGISTRY.values():
         if spec.optional and spec.name not in extras:
