@@ -59,7 +59,8 @@ def _record(n: int, classes: int, mix: bool) -> list[Any]:
     logits = torch.zeros(n, classes, dtype=torch.float16)
     if not mix:
         return [coords, flip, None, None, None, logits]
-    bbox = [np.int64(0)] * 4  # the peers keep NumPy scalars here
+    # The peers keep four distinct NumPy scalars here (pickle would memoize one object repeated).
+    bbox = [np.int64(v) for v in (1, 2, 3, 4)]
     return [coords, flip, torch.arange(n, dtype=torch.int64), 0.5, bbox, logits]
 
 
