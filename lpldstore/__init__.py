@@ -1,6 +1,16 @@
 """lpldstore: a chunked, versioned Zarr v3 store for pruned soft-label pools."""
 
 from lpldstore._schema import FORMAT_NAME, FORMAT_VERSION, Layout
+from lpldstore.augment import (
+    REGISTRY,
+    AugmentParams,
+    AugmentSpec,
+    StoredArray,
+    apply_params,
+    check_kernel_name,
+    draw_params,
+    validate_params,
+)
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import (
     ConfigError,
@@ -24,6 +34,9 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "REGISTRY",
+    "AugmentParams",
+    "AugmentSpec",
     "CodecConfig",
     "ConfigError",
     "DatasetInfo",
@@ -42,12 +55,17 @@ __all__ = [
     "StoreDamagedError",
     "StoreExistsError",
     "StoreWriter",
+    "StoredArray",
     "UnsupportedVersionError",
     "ValidationError",
     "VerifyReport",
     "__version__",
+    "apply_params",
+    "check_kernel_name",
+    "draw_params",
     "open_store",
     "peer_layout_bytes",
     "storage_bytes",
+    "validate_params",
     "verify_store",
 ]
