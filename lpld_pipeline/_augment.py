@@ -116,6 +116,12 @@ def apply_params(x: torch.Tensor, params: AugParams, group_of: torch.Tensor) -> 
     theta[:, 1, 2] = (2 * top + h) / height - 1
     theta = theta.to(device=dev, dtype=dt)[group_of]
     grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=False)
+    # Clamp sampling to the crop's outer pixel centres, as cropping before resizing does; otherwise
+    # the border rows would blend in pixels from outside the crop.
+    lo = torch.stack([(2 * left + 1) / width - 1, (2 * top + 1) / height - 1], 1)
+    hi = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1)
+    lo, hi = (b.to(device=dev, dtype=dt)[group_of][:, None, None, :] for b in (lo, hi))
+    grid = torch.maximum(torch.minimum(grid, hi), lo)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     shifts = torch.as_tensor(params.shifts, device=dev)[group_of]
     if bool((shifts != 0).any()):

@@ -66,7 +66,9 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every BatchNorm module of ``model`` with its name, in registration order."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, BN_TYPES)]
+    layers: list[tuple[str, nn.Module]] = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, BN_TYPES)
+    ]
     if not layers:
         raise ConfigError(
             f"Expected a teacher with BatchNorm layers. Got {type(model).__name__} without any."
@@ -263,7 +265,7 @@ def compute_class_stats(
     )
     teacher.eval()
     moments = ClassMoments(teacher.model, len(class_names), device)
-    bar = tqdm(loader, desc="squeeze", disable=not progress or rank != 0, file=sys.stderr)
+    bar = tqdm(loader, desc="squeeze", disable=None if progress and rank == 0 else True, file=sys.stderr)
     for x, y in bar:
         labels = y.to(device, non_blocking=True)
         with moments.observe(labels):

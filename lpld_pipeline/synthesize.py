@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,11 +137,12 @@ class _BNMatch:
         for name, m in self.layers:
             if stats is not None and name not in stats.mean:
                 raise ArtifactError(f"Expected statistics for BN layer {name!r}. The stats file has none.")
-            rows_mean, rows_var = [], []
+            rows_mean: list[torch.Tensor] = []
+            rows_var: list[torch.Tensor] = []
             for t in idx.tolist():
                 if t == GLOBAL:
-                    rows_mean.append(m.running_mean)  # type: ignore[arg-type]
-                    rows_var.append(m.running_var)  # type: ignore[arg-type]
+                    rows_mean.append(cast(torch.Tensor, m.running_mean))
+                    rows_var.append(cast(torch.Tensor, m.running_var))
                 else:
                     assert stats is not None  # class targets only come with statistics
                     rows_mean.append(stats.mean[name][t])
@@ -269,7 +270,7 @@ def synthesize_images(
     bar = tqdm(
         total=len(batches) * config.iterations,
         desc="synthesize",
-        disable=not progress or rank != 0,
+        disable=None if progress and rank == 0 else True,
         file=sys.stderr,
     )
     try:

@@ -137,7 +137,7 @@ def build_model(spec: TeacherSpec, *, pretrained: bool = False) -> nn.Module:
     if spec.small_stem:
         if not isinstance(getattr(model, "conv1", None), nn.Conv2d):
             raise ConfigError(f"Expected a ResNet-like model for teacher.small_stem. Got {spec.arch!r}.")
-        out_channels = model.conv1.out_channels  # type: ignore[union-attr]
+        out_channels = int(model.conv1.out_channels)  # type: ignore[union-attr,arg-type]
         model.conv1 = nn.Conv2d(3, out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
     return model
