@@ -45,8 +45,14 @@ class Layout(_Record):
     logits_shard_entries: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block_entries, int) or isinstance(self.block_entries, bool) or self.block_entries < 1:
-            raise ConfigError(f"layout.block_entries must be a positive integer. Got {self.block_entries!r} instead.")
+        if (
+            not isinstance(self.block_entries, int)
+            or isinstance(self.block_entries, bool)
+            or self.block_entries < 1
+        ):
+            raise ConfigError(
+                f"layout.block_entries must be a positive integer. Got {self.block_entries!r} instead."
+            )
         if self.logits_shard_entries not in (None, self.block_entries):
             raise ConfigError(
                 "layout.logits_shard_entries must be None (one file per entry) or equal to block_entries "

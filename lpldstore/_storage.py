@@ -27,7 +27,9 @@ def open_zarr_store(
 ) -> Store:
     """A zarr store over ``source``: a store directory, a ``.zip`` of one, or an fsspec URL."""
     if is_url(source):
-        return FsspecStore.from_url(str(source), read_only=read_only, storage_options=dict(storage_options or {}))
+        return FsspecStore.from_url(
+            str(source), read_only=read_only, storage_options=dict(storage_options or {})
+        )
     path = Path(source)
     if path.is_dir():
         return LocalStore(path, read_only=read_only)
@@ -63,4 +65,6 @@ def open_root(store: Store, where: str, *, mode: str = "r") -> zarr.Group:
         with _quiet_consolidated():
             return zarr.open_group(store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
-        raise NotAStoreError(f"{where} holds no Zarr v3 group, so it is not an lpldstore store ({exc}).") from exc
+        raise NotAStoreError(
+            f"{where} holds no Zarr v3 group, so it is not an lpldstore store ({exc})."
+        ) from exc

@@ -67,8 +67,12 @@ def _human(n: float) -> str:
 def _print_info(info: dict[str, Any]) -> None:
     d, s, p = info["dataset"], info["schedule"], info["pruning"]
     print(f"store       {info['source']}")
-    print(f"dataset     {d['name']}: {d['num_images']} images {tuple(d['image_shape'])}, {d['num_classes']} classes, IPC {d['ipc']}")
-    print(f"schedule    {s['epochs']} epochs x {s['batches_per_epoch']} batches of {s['batch_size']} (last batch: {s['last_batch']})")
+    print(
+        f"dataset     {d['name']}: {d['num_images']} images {tuple(d['image_shape'])}, {d['num_classes']} classes, IPC {d['ipc']}"
+    )
+    print(
+        f"schedule    {s['epochs']} epochs x {s['batches_per_epoch']} batches of {s['batch_size']} (last batch: {s['last_batch']})"
+    )
     print(
         f"pruning     {p['strategy']} x{p['ratio']:g} (actual x{p['actual_ratio']:.2f}), seed {p['seed']}: "
         f"{p['entries_kept']} of {p['entries_planned']} entries kept, {p['entries_committed']} committed"
@@ -83,8 +87,12 @@ def _print_info(info: dict[str, Any]) -> None:
     print()
     print("labels in the SRe2L/LPLD per-batch torch.save layout (same entries):")
     print(f"  {peer['num_files']:,} files + sidecar   {peer['total']:>14,}  {_human(peer['total'])}")
-    print(f"  unpruned, {peer['unpruned_num_files']:,} files   {peer['unpruned_files']:>14,}  {_human(peer['unpruned_files'])}")
-    print(f"  this store, labels only     {labels:>14,}  {_human(labels)}  ({labels / peer['total']:.3f}x the peer files)")
+    print(
+        f"  unpruned, {peer['unpruned_num_files']:,} files   {peer['unpruned_files']:>14,}  {_human(peer['unpruned_files'])}"
+    )
+    print(
+        f"  this store, labels only     {labels:>14,}  {_human(labels)}  ({labels / peer['total']:.3f}x the peer files)"
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -110,7 +118,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lpldstore", description="Inspect and check lpldstore soft-label stores.")
+    parser = argparse.ArgumentParser(
+        prog="lpldstore", description="Inspect and check lpldstore soft-label stores."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="what a store holds, and its bytes per component")
     info.add_argument("store", help="store directory, .zip of one, or URL")

@@ -120,7 +120,9 @@ class DatasetInfo(_Record):
 
     def __post_init__(self) -> None:
         r = self.record_name
-        _check(isinstance(self.name, str) and bool(self.name), r, "name must be a non-empty string", self.name)
+        _check(
+            isinstance(self.name, str) and bool(self.name), r, "name must be a non-empty string", self.name
+        )
         _check(_positive_int(self.num_classes), r, "num_classes must be a positive integer", self.num_classes)
         _check(_positive_int(self.num_images), r, "num_images must be a positive integer", self.num_images)
         shape = self.image_shape
@@ -142,7 +144,9 @@ class DatasetInfo(_Record):
             "std must be three positive numbers",
             self.std,
         )
-        _check(self.ipc is None or _positive_int(self.ipc), r, "ipc must be a positive integer or None", self.ipc)
+        _check(
+            self.ipc is None or _positive_int(self.ipc), r, "ipc must be a positive integer or None", self.ipc
+        )
         if self.class_names is not None:
             _check(
                 isinstance(self.class_names, tuple)
@@ -197,7 +201,9 @@ class RelabelConfig(_Record):
         )
         _check(isinstance(self.teacher, str), r, "teacher must be a string", self.teacher)
         lo, hi = self.crop_scale if _finite_floats(self.crop_scale, 2) else (1.0, 0.0)
-        _check(0 < lo <= hi <= 1, r, "crop_scale must be (low, high) with 0 < low <= high <= 1", self.crop_scale)
+        _check(
+            0 < lo <= hi <= 1, r, "crop_scale must be (low, high) with 0 < low <= high <= 1", self.crop_scale
+        )
         lo, hi = self.crop_ratio if _finite_floats(self.crop_ratio, 2) else (1.0, 0.0)
         _check(0 < lo <= hi, r, "crop_ratio must be (low, high) with 0 < low <= high", self.crop_ratio)
         _check(
@@ -246,7 +252,9 @@ class CodecConfig(_Record):
             f"name must be one of {self.known} (upgrade lpldstore for other codecs)",
             self.name,
         )
-        _check(isinstance(self.params, Mapping), self.record_name, "params must be a JSON object", self.params)
+        _check(
+            isinstance(self.params, Mapping), self.record_name, "params must be a JSON object", self.params
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -261,5 +269,7 @@ class Provenance(_Record):
     parents: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.config, Mapping), self.record_name, "config must be a JSON object", self.config)
+        _check(
+            isinstance(self.config, Mapping), self.record_name, "config must be a JSON object", self.config
+        )
         _check(isinstance(self.parents, tuple), self.record_name, "parents must be a list", self.parents)

@@ -196,14 +196,18 @@ class LabelStore:
             )
         return logits
 
-    def metadata(self, positions: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None) -> EntryMetadata:
+    def metadata(
+        self, positions: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
+    ) -> EntryMetadata:
         """The small arrays of the entries at ``positions`` (all when None), one read per array."""
         if positions is None:
             pos = np.arange(self.num_entries, dtype=np.int64)
         else:
             pos = np.asarray(positions, dtype=np.int64).reshape(-1)
             if pos.size and (pos.min() < 0 or pos.max() >= self.num_entries):
-                raise EntryError(f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}.")
+                raise EntryError(
+                    f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}."
+                )
         read: dict[str, npt.NDArray[Any]] = {}
         for name in (*ENTRY_ARRAYS, "committed"):
             array = self._arrays[f"pool/{name}"]
@@ -247,7 +251,9 @@ def _check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
     # Cheap checks that catch a missing small-array chunk (read as its impossible fill value).
     n = len(entry.indices)
     if n and (entry.indices.min() < 0 or entry.indices.max() >= num_images):
-        raise StoreDamagedError(f"{name}: image indices are out of range; the stored indices are damaged or missing.")
+        raise StoreDamagedError(
+            f"{name}: image indices are out of range; the stored indices are damaged or missing."
+        )
     if sorted(entry.mix_index.tolist()) != list(range(n)) or not np.isfinite(entry.mix_lam):
         raise StoreDamagedError(f"{name}: the CutMix record is damaged or missing.")
 

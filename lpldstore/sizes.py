@@ -93,7 +93,10 @@ def _sidecar_bytes(per_epoch: dict[int, npt.NDArray[np.int64]]) -> int:
 
 
 def peer_layout_bytes(
-    plan: PruningPlan, relabel: RelabelConfig, num_classes: int, kept_indices: npt.NDArray[np.int64] | None = None
+    plan: PruningPlan,
+    relabel: RelabelConfig,
+    num_classes: int,
+    kept_indices: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, int]:
     """Bytes of the same labels as SRe2L/LPLD per-batch ``torch.save`` files.
 
@@ -107,7 +110,9 @@ def peer_layout_bytes(
     lengths = np.array([plan.batch_length(int(b)) for b in all_batches])
     digits = np.array([len(str(int(b))) for b in all_batches])
     sizes = _file_sizes(zip(lengths.tolist(), digits.tolist(), strict=True), num_classes, mix)
-    per_batch = np.array([sizes[int(n), int(d)] for n, d in zip(lengths, digits, strict=True)], dtype=np.int64)
+    per_batch = np.array(
+        [sizes[int(n), int(d)] for n, d in zip(lengths, digits, strict=True)], dtype=np.int64
+    )
     kept_files = int(per_batch[keys[:, 1]].sum())
     unpruned_files = int(per_batch.sum()) * plan.epochs
 

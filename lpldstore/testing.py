@@ -25,9 +25,9 @@ from lpldstore.writer import StoreWriter
 __all__ = ["fake_entry", "fake_images", "fill", "make_store"]
 
 
-def fake_images(num_images: int, height: int, width: int, num_classes: int, seed: int = 0) -> tuple[
-    npt.NDArray[np.uint8], npt.NDArray[np.int64]
-]:
+def fake_images(
+    num_images: int, height: int, width: int, num_classes: int, seed: int = 0
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Random uint8 images (N, H, W, 3) and labels cycling through the classes."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     images = rng.integers(0, 256, size=(num_images, height, width, 3), dtype=np.uint8)

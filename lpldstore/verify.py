@@ -88,12 +88,16 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
         if stored_keys is not None:
             for (e, b), got in zip(keys, stored_keys, strict=True):
                 if tuple(got) != (e, b):
-                    problems.append(Problem("pool/key", f"stored key {tuple(got.tolist())} != planned", int(e), int(b)))
+                    problems.append(
+                        Problem("pool/key", f"stored key {tuple(got.tolist())} != planned", int(e), int(b))
+                    )
         rows = {name: _read(store, f"pool/{name}", span, problems) for name in ENTRY_ARRAYS}
         for i, (e, b) in enumerate(keys):
             epoch, batch = int(e), int(b)
             if not flags[i]:
-                problems.append(Problem("pool/committed", "entry not committed (unfinished store)", epoch, batch))
+                problems.append(
+                    Problem("pool/committed", "entry not committed (unfinished store)", epoch, batch)
+                )
                 continue
             row = {name: (None if v is None else v[i]) for name, v in rows.items()}
             for message, array in _entry_problems(store, epoch, batch, row):
@@ -113,7 +117,9 @@ def _entry_problems(
     if idx is not None:
         real, pad = idx[:n].astype(np.int64), idx[n:]
         if ((real < 0) | (real >= dataset.num_images)).any() or (pad != -1).any():
-            found.append((f"image indices out of range [0, {dataset.num_images}) or bad padding", "pool/indices"))
+            found.append(
+                (f"image indices out of range [0, {dataset.num_images}) or bad padding", "pool/indices")
+            )
         elif plan.composition == "seeded" and not np.array_equal(real, plan.batch_indices(epoch, batch)):
             found.append(("batch composition differs from the plan", "pool/indices"))
     if crop is not None:
@@ -152,7 +158,9 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
         try:
             pixels_array[start : start + step]
         except (ValueError, OSError) as exc:
-            problems.append(Problem("images/pixels", f"unreadable chunk of images {start}..{start + step - 1} ({exc})"))
+            problems.append(
+                Problem("images/pixels", f"unreadable chunk of images {start}..{start + step - 1} ({exc})")
+            )
             ok = False
     try:
         labels = store.labels()

@@ -88,12 +88,16 @@ class StoreWriter:
     also when an exception leaves it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, part: Part = (0, 1), commit_every: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, part: Part = (0, 1), commit_every: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.where = str(self.path)
         self.part = _check_part(part)
         if not self.path.is_dir():
-            raise StoreExistsError(f"No store directory at {self.path}; create one with StoreWriter.create().")
+            raise StoreExistsError(
+                f"No store directory at {self.path}; create one with StoreWriter.create()."
+            )
         self._store = LocalStore(self.path)
         root = open_root(self._store, self.where, mode="r+")
         self.attrs = StoreAttrs.from_json(root.attrs.asdict(), self.where)
@@ -353,7 +357,9 @@ class StoreWriter:
 
         if indices is None:
             if plan.composition != "seeded":
-                raise ValidationError(f"{where}: the plan's composition is explicit, so indices are required.")
+                raise ValidationError(
+                    f"{where}: the plan's composition is explicit, so indices are required."
+                )
             idx = plan.batch_indices(epoch, batch)
         else:
             idx = _as_array("indices", indices, (n,), "iu", where)
@@ -383,7 +389,9 @@ class StoreWriter:
             perm, lam, mbox = np.arange(n), 1.0, np.zeros(4, dtype=np.int64)
         else:
             if mix_index is None or mix_lam is None or mix_box is None:
-                raise ValidationError(f"{where}: mix_index, mix_lam and mix_box are required (relabel.mix='{relabel.mix}').")
+                raise ValidationError(
+                    f"{where}: mix_index, mix_lam and mix_box are required (relabel.mix='{relabel.mix}')."
+                )
             perm = _as_array("mix_index", mix_index, (n,), "iu", where)
             if not np.array_equal(np.sort(perm), np.arange(n)):
                 raise ValidationError(f"{where}: expected mix_index to be a permutation of 0..{n - 1}.")
@@ -403,7 +411,9 @@ class StoreWriter:
             half = raw.astype(np.float16)
         if not np.isfinite(half).all():
             culprit = "non-finite" if not np.isfinite(raw).all() else "beyond the float16 range (|x| > 65504)"
-            raise ValidationError(f"{where}: logits hold values {culprit}; every logit must be finite in float16.")
+            raise ValidationError(
+                f"{where}: logits hold values {culprit}; every logit must be finite in float16."
+            )
 
         def pad(values: npt.NDArray[Any], fill: Any, dtype: str) -> npt.NDArray[Any]:
             out = np.full((big_b, *values.shape[1:]), fill, dtype=dtype)

@@ -12,7 +12,9 @@ from lpldstore import Layout, PruningPlan, RelabelConfig, open_store, peer_layou
 from lpldstore.cli import main
 from lpldstore.testing import fill, make_store
 
-PLAN = PruningPlan(num_images=30, batch_size=4, epochs=12, ratio=4, strategy="random", seed=3, last_batch="pad")
+PLAN = PruningPlan(
+    num_images=30, batch_size=4, epochs=12, ratio=4, strategy="random", seed=3, last_batch="pad"
+)
 
 
 @pytest.fixture
@@ -44,7 +46,17 @@ def test_info_json_contract(store_path: Path, capsys: pytest.CaptureFixture[str]
         "entries_committed": PLAN.num_kept,
     }
     sizes = info["storage_bytes"]
-    components = ["images", "batch_indices", "crop_boxes", "flips", "cutmix_index", "cutmix_lambda", "cutmix_box", "logits", "metadata"]
+    components = [
+        "images",
+        "batch_indices",
+        "crop_boxes",
+        "flips",
+        "cutmix_index",
+        "cutmix_lambda",
+        "cutmix_box",
+        "logits",
+        "metadata",
+    ]
     assert list(sizes) == [*components, "total"]
     assert sizes["total"] == sum(sizes[c] for c in components)
     on_disk = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file())
@@ -60,7 +72,9 @@ def test_info_text_has_the_storage_table(store_path: Path, capsys: pytest.Captur
     assert "SRe2L/LPLD per-batch torch.save layout" in out
 
 
-def test_verify_passes_then_names_damaged_entries(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_passes_then_names_damaged_entries(
+    store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = _run(capsys, "verify", str(store_path), "--json")
     assert code == 0
     assert json.loads(out)["ok"] is True
@@ -95,7 +109,9 @@ def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize("mix", ["cutmix", "none"])
 def test_peer_bytes_equal_really_written_lpld_files(mix: str) -> None:
     # Write the peers' files for real, exactly as their relabel code does, and compare sizes.
-    plan = PruningPlan(num_images=22, batch_size=4, epochs=13, ratio=3, strategy="random", seed=1, last_batch="pad")
+    plan = PruningPlan(
+        num_images=22, batch_size=4, epochs=13, ratio=3, strategy="random", seed=1, last_batch="pad"
+    )
     relabel = RelabelConfig(output_size=(8, 8), mix=mix)  # type: ignore[arg-type]
     classes = 9
     with tempfile.TemporaryDirectory() as tmp:

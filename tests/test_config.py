@@ -38,7 +38,7 @@ def test_unknown_and_missing_keys_are_named() -> None:
     del data["output_size"]
     with pytest.raises(ConfigError, match=r"Missing key\(s\) \['output_size'\] in relabel"):
         RelabelConfig.from_dict(data)
-    with pytest.raises(ConfigError, match="Expected a JSON object for dataset. Got list instead"):
+    with pytest.raises(ConfigError, match=r"Expected a JSON object for dataset\. Got list instead"):
         DatasetInfo.from_dict([])  # type: ignore[arg-type]
 
 
@@ -47,9 +47,20 @@ def test_unknown_and_missing_keys_are_named() -> None:
     [
         (lambda: DatasetInfo(name="x", num_classes=0, num_images=1, image_shape=(8, 8, 3)), "num_classes"),
         (lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(8, 8, 1)), "image_shape"),
-        (lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(40000, 8, 3)), "image_shape"),
-        (lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(8, 8, 3), std=(1, 0, 1)), "std"),
-        (lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(8, 8, 3), class_names=("a",)), "class_names"),
+        (
+            lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(40000, 8, 3)),
+            "image_shape",
+        ),
+        (
+            lambda: DatasetInfo(name="x", num_classes=2, num_images=1, image_shape=(8, 8, 3), std=(1, 0, 1)),
+            "std",
+        ),
+        (
+            lambda: DatasetInfo(
+                name="x", num_classes=2, num_images=1, image_shape=(8, 8, 3), class_names=("a",)
+            ),
+            "class_names",
+        ),
         (lambda: RelabelConfig(output_size=(0, 8)), "output_size"),
         (lambda: RelabelConfig(output_size=(8, 8), crop_scale=(0.5, 0.1)), "crop_scale"),
         (lambda: RelabelConfig(output_size=(8, 8), flip_prob=2), "flip_prob"),

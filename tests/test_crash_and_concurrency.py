@@ -15,7 +15,9 @@ import pytest
 from lpldstore import Layout, PruningPlan, StoreWriter, open_store, verify_store
 from lpldstore.testing import fill, make_store
 
-PLAN = PruningPlan(num_images=64, batch_size=4, epochs=6, ratio=1.5, strategy="random", seed=2, last_batch="pad")
+PLAN = PruningPlan(
+    num_images=64, batch_size=4, epochs=6, ratio=1.5, strategy="random", seed=2, last_batch="pad"
+)
 
 
 def _filler(store: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -49,7 +51,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["chunked", "sharded"])
-def test_killed_writer_resumes_to_the_uninterrupted_store(reference: Path, tmp_path: Path, sharded: bool) -> None:
+def test_killed_writer_resumes_to_the_uninterrupted_store(
+    reference: Path, tmp_path: Path, sharded: bool
+) -> None:
     store = tmp_path / "s.zarr"
     layout = Layout(block_entries=8, logits_shard_entries=8 if sharded else None)
     make_store(store, plan=PLAN, layout=layout).close()
@@ -95,8 +99,13 @@ def test_parts_are_disjoint_and_cover_the_plan(tmp_path: Path) -> None:
 
 def test_exception_inside_the_writer_commits_what_was_written(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
-    with pytest.raises(RuntimeError, match="teacher crashed"), make_store(store, plan=PLAN) as writer:
-        fill(writer, limit=5)
-        raise RuntimeError("teacher crashed")
+
+    def relabel_that_crashes() -> None:
+        with make_store(store, plan=PLAN) as writer:
+            fill(writer, limit=5)
+            raise RuntimeError("teacher crashed")
+
+    with pytest.raises(RuntimeError, match="teacher crashed"):
+        relabel_that_crashes()
     assert _committed(store) == 5
     assert os.path.isdir(store)

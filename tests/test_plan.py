@@ -62,7 +62,7 @@ def test_position_and_key_round_trip_and_pruned_entries() -> None:
     for pos, (e, b) in enumerate(plan.kept_keys.tolist()):
         assert plan.position(e, b) == pos
         assert plan.key_at(pos) == (e, b)
-    pruned = sorted(set(range(plan.total_entries)) - set(plan.kept_ids.tolist()))[0]
+    pruned = min(set(range(plan.total_entries)) - set(plan.kept_ids.tolist()))
     with pytest.raises(EntryError, match="was pruned"):
         plan.position(*divmod(pruned, plan.batches_per_epoch))
     with pytest.raises(EntryError, match="outside the plan"):
@@ -90,7 +90,9 @@ def test_invalid_plans_are_refused(kwargs: dict[str, object], match: str) -> Non
 
 
 def test_plan_round_trips_through_json() -> None:
-    plan = PruningPlan(num_images=10, batch_size=3, epochs=4, ratio=2.5, strategy="random", seed=3, last_batch="pad")
+    plan = PruningPlan(
+        num_images=10, batch_size=3, epochs=4, ratio=2.5, strategy="random", seed=3, last_batch="pad"
+    )
     assert PruningPlan.from_dict(plan.to_dict()) == plan
 
 

@@ -21,7 +21,9 @@ from lpldstore import (
 )
 from lpldstore.testing import fill, make_store
 
-PLAN = PruningPlan(num_images=24, batch_size=4, epochs=3, ratio=1.5, strategy="random", seed=1, last_batch="pad")
+PLAN = PruningPlan(
+    num_images=24, batch_size=4, epochs=3, ratio=1.5, strategy="random", seed=1, last_batch="pad"
+)
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def test_missing_paths_and_foreign_groups_are_named(tmp_path: Path) -> None:
     with pytest.raises(NotAStoreError, match="is a Zarr group but not an lpldstore store"):
         open_store(tmp_path / "foreign")
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(NotAStoreError, match="Expected a store directory or a .zip"):
+    with pytest.raises(NotAStoreError, match=r"Expected a store directory or a \.zip"):
         open_store(tmp_path / "file.txt")
 
 
@@ -104,13 +106,19 @@ def _edit_attrs(path: Path, edit: dict[str, object]) -> None:
 @pytest.mark.parametrize(
     ("edit", "error", "match"),
     [
-        ({"format_version": 2}, UnsupportedVersionError, r"format version 2, newer than this lpldstore reads \(up to 1\)"),
+        (
+            {"format_version": 2},
+            UnsupportedVersionError,
+            r"format version 2, newer than this lpldstore reads \(up to 1\)",
+        ),
         ({"format_version": 0}, FormatError, "format_version must be a positive integer"),
         ({"extra": 1}, FormatError, r"unknown root attribute\(s\) \['extra'\]"),
         ({"plan": {"num_images": 24}}, FormatError, r"root attribute 'plan' is invalid: Missing key\(s\)"),
     ],
 )
-def test_bad_metadata_is_refused(store_path: Path, edit: dict[str, object], error: type[Exception], match: str) -> None:
+def test_bad_metadata_is_refused(
+    store_path: Path, edit: dict[str, object], error: type[Exception], match: str
+) -> None:
     _edit_attrs(store_path, edit)
     with pytest.raises(error, match=match):
         open_store(store_path)
@@ -132,8 +140,14 @@ def test_damaged_and_missing_chunks_are_errors_naming_the_entry(store_path: Path
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    with open_store(store_path) as store, pytest.raises(StoreDamagedError, match=rf"entry \(epoch={e}, batch={b}\)"):
+    with (
+        open_store(store_path) as store,
+        pytest.raises(StoreDamagedError, match=rf"entry \(epoch={e}, batch={b}\)"),
+    ):
         store.entry_at(2)
     chunk.unlink()
-    with open_store(store_path) as store, pytest.raises(StoreDamagedError, match="missing or hold non-finite"):
+    with (
+        open_store(store_path) as store,
+        pytest.raises(StoreDamagedError, match="missing or hold non-finite"),
+    ):
         store.entry_at(2)

@@ -41,13 +41,25 @@ def _good(writer: StoreWriter, epoch: int, batch: int) -> dict[str, Any]:
 def _bad_cases() -> list[tuple[str, dict[str, Any], str]]:
     return [
         ("logits shape", {"logits": np.zeros((4, 6))}, r"expected logits of shape \(4, 5\)\. Got \(4, 6\)"),
-        ("logits dtype", {"logits": np.zeros((4, 5), dtype=np.int32)}, "expected logits of floating-point dtype"),
+        (
+            "logits dtype",
+            {"logits": np.zeros((4, 5), dtype=np.int32)},
+            "expected logits of floating-point dtype",
+        ),
         ("nan logits", {"logits": np.full((4, 5), np.nan)}, "logits hold values non-finite"),
         ("inf logits", {"logits": np.full((4, 5), np.inf)}, "logits hold values non-finite"),
         ("fp16 overflow", {"logits": np.full((4, 5), 1e6)}, r"beyond the float16 range"),
         ("indices range", {"indices": np.array([0, 1, 2, 99])}, r"expected image indices in \[0, 20\)"),
-        ("indices composition", {"indices": np.array([0, 1, 2, 3])}, "differ from the plan's batch composition"),
-        ("crop outside", {"crops": np.tile([10, 0, 4, 4], (4, 1))}, r"crop box \[10, 0, 4, 4\].*not inside the 12x10"),
+        (
+            "indices composition",
+            {"indices": np.array([0, 1, 2, 3])},
+            "differ from the plan's batch composition",
+        ),
+        (
+            "crop outside",
+            {"crops": np.tile([10, 0, 4, 4], (4, 1))},
+            r"crop box \[10, 0, 4, 4\].*not inside the 12x10",
+        ),
         ("crop empty", {"crops": np.tile([0, 0, 0, 4], (4, 1))}, "not inside the 12x10 image"),
         ("crop negative", {"crops": np.tile([-1, 0, 2, 2], (4, 1))}, "not inside the 12x10 image"),
         ("crop floats", {"crops": np.zeros((4, 4), dtype=np.float32)}, "expected crops of integer dtype"),
