@@ -1,0 +1,408 @@
+"""The pool loader: replayed image batches and their stored soft labels, epoch after epoch.
+
+::
+
+    loader = PoolLoader("pool.zarr", policy="ilp", seed=0, num_workers=4)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            loss = kd_loss(student(batch.images), batch.logits)
+
+Each training epoch visits the store positions given by :func:`epoch_schedule` (a pure function
+of seed and epoch; policies in :mod:`lpldstore._schedule`). A step reads one entry, gathers its
+images by the stored indices, replays the stored crop/flip/CutMix with
+:func:`~lpldstore.augment.apply_params` and decodes the logits to float32.
+
+Workers and memory: the loader is a map-style ``Dataset`` over the epoch's steps
+(``batch_size=None``). Each process opens the store itself on first use (keyed by its pid, so no
+handle, ZipStore included, crosses a fork) and holds the distilled images (uint8, small: IPC50 of
+ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) plus the batches in flight; logits are
+read per step, so memory does not grow with the pool.
+
+Device path: ``device=torch.device("cuda")`` puts the images on that device once and replays
+there in the main process (no workers). On CPU the same code runs, giving the same tensors as the
+worker path.
+
+Training batch size: ``batch_size=None`` yields one stored batch per step. Otherwise the replayed
+samples of consecutive stored batches are cut into batches of ``batch_size``: smaller than the
+stored batch splits it, larger joins several. CutMix is always applied on the whole stored batch
+before cutting, exactly as relabeling saw it.
+
+Distributed: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule, padded by wrapping
+so that all ranks have the same number of steps.
+
+Resuming: :meth:`PoolLoader.state_dict` is ``{"seed", "epoch", "step"}`` (``step``: batches
+yielded so far in the epoch); :meth:`PoolLoader.load_state_dict` continues with exactly the
+remaining batches. ``set_epoch`` with the epoch already loaded keeps the step, so the usual
+``for epoch in range(start, n): loader.set_epoch(epoch)`` loop resumes correctly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.utils.data
+
+from lpldstore._schedule import Policy, check_policy, epoch_schedule, rank_share
+from lpldstore._storage import StoreLike
+from lpldstore.augment import AugmentParams, apply_params, check_kernel_name
+from lpldstore.errors import ConfigError
+from lpldstore.plan import PruningPlan
+from lpldstore.reader import LabelStore, open_store
+
+__all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "epoch_schedule"]
+
+StartMethod = Literal["fork", "spawn", "forkserver"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoaderConfig:
+    """How a :class:`PoolLoader` walks the pool.
+
+    Parameters
+    ----------
+    policy, seed, steps_per_epoch
+        The schedule (:func:`epoch_schedule`); ``steps_per_epoch`` only with ``ilp``.
+    batch_size, drop_last
+        Training batch size (None: one stored batch per step) and whether to drop the last short
+        batch of an epoch when cutting.
+    num_workers, multiprocessing_context, prefetch_factor
+        Passed to ``torch.utils.data.DataLoader``.
+    device
+        Replay on this device in the main process (needs ``num_workers=0``).
+    labels
+        Also yield the hard class labels of the (un-mixed) source images.
+    rank, world_size
+        This process's share; None takes them from ``torch.distributed`` when initialized.
+    override_kernel
+        Replay a store made with another crop kernel anyway (see ``check_kernel_name``).
+    """
+
+    policy: Policy = "ilp"
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    drop_last: bool = False
+    num_workers: int = 0
+    multiprocessing_context: StartMethod | None = None
+    prefetch_factor: int | None = None
+    device: str | torch.device | None = None
+    labels: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    override_kernel: bool = False
+
+    def __post_init__(self) -> None:
+        check_policy(self.policy)
+        for name, minimum in (("seed", 0), ("num_workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"Expected {name} to be an integer >= {minimum}. Got {value!r} instead.")
+        for name in ("steps_per_epoch", "batch_size", "prefetch_factor"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"Expected {name} to be None or an integer >= 1. Got {value!r} instead.")
+        if self.steps_per_epoch is not None and self.policy != "ilp":
+            raise ConfigError(
+                f"Expected steps_per_epoch=None with policy {self.policy!r}, whose epoch length is fixed by "
+                f"the store. Got {self.steps_per_epoch} instead. Use policy='ilp' to choose the number of steps."
+            )
+        if self.multiprocessing_context not in (None, "fork", "spawn", "forkserver"):
+            raise ConfigError(
+                "Expected multiprocessing_context among None, 'fork', 'spawn', 'forkserver'. "
+                f"Got {self.multiprocessing_context!r} instead."
+            )
+        if self.device is not None and self.num_workers:
+            raise ConfigError(
+                f"Expected num_workers=0 with device={self.device!r}: the device path replays in the main "
+                f"process. Got num_workers={self.num_workers} instead. Drop one of the two options."
+            )
+        if (self.rank is None) != (self.world_size is None):
+            raise ConfigError(
+                f"Expected rank and world_size both given or both None. Got rank={self.rank!r}, "
+                f"world_size={self.world_size!r} instead."
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class PoolBatch:
+    """One training batch of ``n`` samples.
+
+    ``images`` float32 (n, 3, h, w) normalized with the store's mean/std; ``logits`` float32
+    (n, num_classes); ``keys`` int64 (n, 2): the (epoch, batch) of the stored entry each sample
+    came from; ``labels`` int64 (n,) hard labels of the source images, when asked for.
+    """
+
+    images: torch.Tensor
+    logits: torch.Tensor
+    keys: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class _Replayer:
+    """Replays entries of one store; opens it lazily, once per process (never across a fork)."""
+
+    def __init__(self, source: StoreLike, device: torch.device, labels: bool, override_kernel: bool) -> None:
+        self.source = source
+        self.device = device
+        self.want_labels = labels
+        self.override_kernel = override_kernel
+        self._pid: int | None = None
+        self._store: LabelStore | None = None
+        self._images: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Handles and images are per process: a spawned worker opens and loads its own.
+        return {**self.__dict__, "_pid": None, "_store": None, "_images": None, "_labels": None}
+
+    def _open(self) -> LabelStore:
+        if self._pid != os.getpid() or self._store is None:
+            # After a fork the inherited handle shares the parent's file offset (a ZipStore then
+            # reads garbage): drop it unclosed and open our own.
+            store = open_store(self.source)
+            self._images = torch.from_numpy(store.images()).to(self.device)
+            self._labels = torch.from_numpy(store.labels()).to(self.device) if self.want_labels else None
+            self._store, self._pid = store, os.getpid()
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None and self._pid == os.getpid():
+            self._store.close()
+        self._store = self._images = self._labels = None
+        self._pid = None
+
+    def replay(self, position: int) -> dict[str, torch.Tensor]:
+        store = self._open()
+        assert self._images is not None
+        entry = store.entry_at(position)
+        params = AugmentParams(
+            crops=entry.crops.astype(np.int32),
+            flips=entry.flips,
+            mix_index=entry.mix_index,
+            mix_lam=entry.mix_lam,
+            mix_box=tuple(int(v) for v in entry.mix_box),  # type: ignore[arg-type]
+        )
+        index = torch.from_numpy(entry.indices).to(self.device)
+        info = store.dataset
+        images = apply_params(
+            self._images.index_select(0, index),
+            params,
+            store.relabel,
+            info.mean,
+            info.std,
+            override_kernel=self.override_kernel,
+        )
+        n = len(entry)
+        out = {
+            "images": images,
+            "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
+            "keys": torch.tensor([[entry.epoch, entry.batch]], dtype=torch.int64, device=self.device).repeat(
+                n, 1
+            ),
+        }
+        if self._labels is not None:
+            out["labels"] = self._labels.index_select(0, index)
+        return out
+
+
+class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Map-style dataset over the steps of one epoch: item ``i`` replays ``positions[i]``."""
+
+    def __init__(self, replayer: _Replayer, positions: npt.NDArray[np.int64]) -> None:
+        self.replayer = replayer
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        return self.replayer.replay(int(self.positions[step]))
+
+
+def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _cut(
+    stream: Iterator[dict[str, torch.Tensor]], batch_size: int, skip: int, drop_last: bool
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Cut a stream of stored batches into batches of ``batch_size``, after dropping ``skip`` samples."""
+    buffer: list[dict[str, torch.Tensor]] = []
+    held = 0
+    for part in stream:
+        if skip:
+            dropped = min(skip, len(part["images"]))
+            part = {k: v[dropped:] for k, v in part.items()}
+            skip -= dropped
+        buffer.append(part)
+        held += len(part["images"])
+        while held >= batch_size:
+            joined = _cat(buffer)
+            yield {k: v[:batch_size] for k, v in joined.items()}
+            rest = {k: v[batch_size:] for k, v in joined.items()}
+            held -= batch_size
+            buffer = [rest] if held else []
+    if held and not drop_last:
+        yield _cat(buffer)
+
+
+def _distributed_share() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class PoolLoader:
+    """Iterate over a store's label pool as training batches (see the module docstring).
+
+    ``PoolLoader(source, config)`` or ``PoolLoader(source, policy=..., seed=..., ...)`` with the
+    fields of :class:`LoaderConfig`. Iterating yields :class:`PoolBatch` objects for the current
+    epoch (``set_epoch``).
+    """
+
+    def __init__(self, source: StoreLike, config: LoaderConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise ConfigError(
+                f"Expected a LoaderConfig or keyword options, not both. Got both (options {sorted(options)}). "
+                "Use dataclasses.replace(config, ...) to change a config."
+            )
+        self.config = config if config is not None else LoaderConfig(**options)
+        self.source = source
+        # Read the metadata and close again: no handle may be open in this process when workers fork.
+        with open_store(source) as store:
+            self.plan: PruningPlan = store.plan
+            check_kernel_name(
+                store.relabel.kernel, store.relabel.interpolation, override=self.config.override_kernel
+            )
+        cfg = self.config
+        rank, world = (
+            _distributed_share() if cfg.rank is None or cfg.world_size is None else (cfg.rank, cfg.world_size)
+        )
+        self.rank: int = rank
+        self.world_size: int = world
+        rank_share(np.zeros(0, dtype=np.int64), self.rank, self.world_size)  # validates rank/world_size
+        self.device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+        self._replayer = _Replayer(source, self.device, cfg.labels, cfg.override_kernel)
+        self._seed = cfg.seed
+        self._epoch = 0
+        self._step = 0
+
+    # -- schedule ------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the training epoch to iterate; keeps a resumed step when ``epoch`` is the loaded one."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"Expected an epoch integer >= 0. Got {epoch!r} instead.")
+        if epoch != self._epoch or self._step >= len(self):
+            self._step = 0
+        self._epoch = epoch
+
+    def positions(self, epoch: int | None = None) -> npt.NDArray[np.int64]:
+        """This rank's store positions for ``epoch`` (default: the current one), in order."""
+        cfg = self.config
+        full = epoch_schedule(
+            self.plan, cfg.policy, self._seed, self._epoch if epoch is None else epoch, cfg.steps_per_epoch
+        )
+        return rank_share(full, self.rank, self.world_size)
+
+    def _lengths(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        batches = self.plan.kept_keys[positions, 1]
+        return np.array([self.plan.batch_length(int(b)) for b in batches], dtype=np.int64)
+
+    def __len__(self) -> int:
+        positions = self.positions()
+        bs = self.config.batch_size
+        if bs is None:
+            return len(positions)
+        total = int(self._lengths(positions).sum())
+        return total // bs if self.config.drop_last else -(-total // bs)
+
+    # -- iteration -----------------------------------------------------------------------------
+
+    def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.config
+        if cfg.device is not None or cfg.num_workers == 0:
+            for p in positions:
+                yield self._replayer.replay(int(p))
+            return
+        loader = torch.utils.data.DataLoader(
+            _StepDataset(self._replayer, positions),
+            batch_size=None,
+            shuffle=False,
+            num_workers=cfg.num_workers,
+            multiprocessing_context=cfg.multiprocessing_context,
+            prefetch_factor=cfg.prefetch_factor,
+        )
+        yield from loader
+
+    def __iter__(self) -> Iterator[PoolBatch]:
+        start = self._step if self._step < len(self) else 0
+        positions = self.positions()
+        bs = self.config.batch_size
+        if bs is None:
+            stream = self._stored_batches(positions[start:])
+        else:
+            # Find the stored batch holding sample start * bs and skip the samples before it.
+            offset = start * bs
+            ends = np.cumsum(self._lengths(positions))
+            first = int(np.searchsorted(ends, offset, side="right"))
+            skip = offset - (int(ends[first - 1]) if first else 0)
+            stream = _cut(self._stored_batches(positions[first:]), bs, skip, self.config.drop_last)
+        self._step = start
+        for item in stream:
+            self._step += 1
+            yield PoolBatch(
+                images=item["images"], logits=item["logits"], keys=item["keys"], labels=item.get("labels")
+            )
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"seed", "epoch", "step"}``: enough to continue with exactly the remaining batches."""
+        return {"seed": self._seed, "epoch": self._epoch, "step": self._step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        missing = {"seed", "epoch", "step"} - set(state)
+        if missing:
+            raise ConfigError(
+                f"Expected a loader state with keys seed, epoch, step. Got {sorted(state)} instead "
+                f"(missing {sorted(missing)}). Pass what PoolLoader.state_dict() returned."
+            )
+        for key in ("seed", "epoch", "step"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"Expected state[{key!r}] to be an integer >= 0. Got {value!r} instead.")
+        self._seed, self._epoch, self._step = state["seed"], state["epoch"], 0
+        if state["step"] > len(self):
+            raise ConfigError(
+                f"Expected state['step'] <= {len(self)} (batches in epoch {self._epoch}). Got {state['step']} "
+                "instead. The state comes from a loader with another configuration or store."
+            )
+        self._step = state["step"]
+
+    def close(self) -> None:
+        """Close the store handle of the main process (device path or num_workers=0)."""
+        self._replayer.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"PoolLoader({str(self.source)!r}, policy={c.policy!r}, seed={self._seed}, epoch={self._epoch}, "
+            f"batch_size={c.batch_size}, rank={self.rank}/{self.world_size})"
+        )
