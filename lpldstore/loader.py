@@ -16,8 +16,9 @@ images by the stored indices, replays the stored crop/flip/CutMix with
 Workers and memory: the loader is a map-style ``Dataset`` over the epoch's steps
 (``batch_size=None``). Each process opens the store itself on first use (keyed by its pid, so no
 handle, ZipStore included, crosses a fork) and holds the distilled images (uint8, small: IPC50 of
-ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) plus the batches in flight; logits are
-read per step, so memory does not grow with the pool.
+ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) plus the batches in flight. The
+epoch's small arrays are read once per epoch by the main process (one vectorised read per array)
+and handed to the workers; logits are read per step, so memory does not grow with the pool.
 
 Device path: ``device=torch.device("cuda")`` puts the images on that device once and replays
 there in the main process (no workers). On CPU the same code runs, giving the same tensors as the
@@ -52,9 +53,9 @@ import torch.utils.data
 from lpldstore._schedule import Policy, check_policy, epoch_schedule, rank_share
 from lpldstore._storage import StoreLike
 from lpldstore.augment import AugmentParams, apply_params, check_kernel_name
-from lpldstore.errors import ConfigError
+from lpldstore.errors import ConfigError, EntryError
 from lpldstore.plan import PruningPlan
-from lpldstore.reader import LabelStore, open_store
+from lpldstore.reader import Entry, LabelStore, _check_entry_sane, open_store
 
 __all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "epoch_schedule"]
 
@@ -181,10 +182,28 @@ class _Replayer:
         self._store = self._images = self._labels = None
         self._pid = None
 
-    def replay(self, position: int) -> dict[str, torch.Tensor]:
+    def replay(self, meta: _EpochMeta, step: int) -> dict[str, torch.Tensor]:
         store = self._open()
         assert self._images is not None
-        entry = store.entry_at(position)
+        epoch, batch = (int(v) for v in meta.keys[step])
+        n = int(meta.lengths[step])
+        entry = Entry(
+            epoch=epoch,
+            batch=batch,
+            position=int(meta.positions[step]),
+            indices=meta.indices[step, :n].astype(np.int64),
+            crops=meta.crops[step, :n].astype(np.int64),
+            flips=meta.flips[step, :n],
+            mix_index=meta.mix_index[step, :n].astype(np.int64),
+            mix_lam=float(meta.mix_lam[step]),
+            mix_box=meta.mix_box[step].astype(np.int64),
+            # Only the logits are read per step: one chunk, checked finite by the reader.
+            logits=store.logits_at(int(meta.positions[step]))[:n],
+        )
+        # The reader's own checks, so a damaged small-array chunk fails as it does in entry_at.
+        _check_entry_sane(
+            entry, store.dataset.num_images, f"{store.where}: entry (epoch={epoch}, batch={batch})"
+        )
         params = AugmentParams(
             crops=entry.crops.astype(np.int32),
             flips=entry.flips,
@@ -202,31 +221,72 @@ class _Replayer:
             info.std,
             override_kernel=self.override_kernel,
         )
-        n = len(entry)
         out = {
             "images": images,
             "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
-            "keys": torch.tensor([[entry.epoch, entry.batch]], dtype=torch.int64, device=self.device).repeat(
-                n, 1
-            ),
+            "keys": torch.tensor([[epoch, batch]], dtype=torch.int64, device=self.device).repeat(n, 1),
         }
         if self._labels is not None:
             out["labels"] = self._labels.index_select(0, index)
         return out
 
 
-class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """Map-style dataset over the steps of one epoch: item ``i`` replays ``positions[i]``."""
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class _EpochMeta:
+    """The small arrays of an epoch's steps (one row per step, repeats included), compact dtypes."""
 
-    def __init__(self, replayer: _Replayer, positions: npt.NDArray[np.int64]) -> None:
-        self.replayer = replayer
-        self.positions = positions
+    positions: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+    indices: npt.NDArray[np.int32]
+    crops: npt.NDArray[np.int16]
+    flips: npt.NDArray[np.bool_]
+    mix_index: npt.NDArray[np.int16]
+    mix_lam: npt.NDArray[np.float32]
+    mix_box: npt.NDArray[np.int16]
 
     def __len__(self) -> int:
         return len(self.positions)
 
+
+def _read_epoch_meta(source: StoreLike, plan: PruningPlan, positions: npt.NDArray[np.int64]) -> _EpochMeta:
+    """One vectorised read per small array for all of an epoch's steps; the handle is closed after."""
+    unique, inverse = np.unique(positions, return_inverse=True)
+    with open_store(source) as store:
+        meta = store.metadata(unique)
+        where = store.where
+    if not meta.committed.all():
+        epoch, batch = meta.keys[int(np.flatnonzero(~meta.committed)[0])]
+        raise EntryError(
+            f"{where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not finished it. "
+            "Train once the store is complete (`lpldstore verify`)."
+        )
+    keys = plan.kept_keys[positions]
+    return _EpochMeta(
+        positions=np.asarray(positions, dtype=np.int64),
+        keys=keys,
+        lengths=np.array([plan.batch_length(int(b)) for b in keys[:, 1]], dtype=np.int64),
+        indices=meta.indices[inverse].astype(np.int32),
+        crops=meta.crops[inverse].astype(np.int16),
+        flips=meta.flips[inverse],
+        mix_index=meta.mix_index[inverse].astype(np.int16),
+        mix_lam=meta.mix_lam[inverse],
+        mix_box=meta.mix_box[inverse].astype(np.int16),
+    )
+
+
+class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    """Map-style dataset over the steps of one epoch: item ``i`` replays step ``i``."""
+
+    def __init__(self, replayer: _Replayer, meta: _EpochMeta) -> None:
+        self.replayer = replayer
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return self.replayer.replay(int(self.positions[step]))
+        return self.replayer.replay(self.meta, step)
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -337,12 +397,13 @@ class PoolLoader:
 
     def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
+        meta = _read_epoch_meta(self.source, self.plan, positions)
         if cfg.device is not None or cfg.num_workers == 0:
-            for p in positions:
-                yield self._replayer.replay(int(p))
+            for step in range(len(meta)):
+                yield self._replayer.replay(meta, step)
             return
         loader = torch.utils.data.DataLoader(
-            _StepDataset(self._replayer, positions),
+            _StepDataset(self._replayer, meta),
             batch_size=None,
             shuffle=False,
             num_workers=cfg.num_workers,

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
 
-from lpldstore import AugmentParams, ConfigError, Layout, PruningPlan, apply_params, open_store
+from lpldstore import AugmentParams, ConfigError, EntryError, Layout, PruningPlan, apply_params, open_store
 from lpldstore._schedule import epoch_schedule, rank_share, stored_epochs
 from lpldstore.loader import LoaderConfig, PoolBatch, PoolLoader
 from lpldstore.testing import fill, make_store
@@ -297,3 +297,12 @@ def test_config_is_frozen() -> None:
     config = LoaderConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1  # type: ignore[misc]
+
+
+def test_an_unfinished_store_fails_before_the_first_step(tmp_path: Path) -> None:
+    path = tmp_path / "partial.zarr"
+    with make_store(path, plan=PLAN) as writer:
+        fill(writer, limit=3)
+    loader = PoolLoader(path, policy="sequential")
+    with pytest.raises(EntryError, match=r"entry \(epoch=0, batch=3\) is not committed"):
+        next(iter(loader))
