@@ -100,7 +100,7 @@ def draw_params(
 def apply_params(x: torch.Tensor, params: AugParams, group_of: torch.Tensor) -> torch.Tensor:
     """Crop-resize (bilinear), flip, then roll each sample by its group's parameters.
 
-    One ``grid_sample`` and one gather for the whole batch; each output sample depends only on its
+    One ``grid_sample`` for the whole batch; each output sample depends only on its
     own input sample and its group's parameters.
     """
     n, _, height, width = x.shape
@@ -122,11 +122,10 @@ def apply_params(x: torch.Tensor, params: AugParams, group_of: torch.Tensor) -> 
     hi = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1)
     lo, hi = (b.to(device=dev, dtype=dt)[group_of][:, None, None, :] for b in (lo, hi))
     grid = torch.maximum(torch.minimum(grid, hi), lo)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Rolling the output equals rolling the sampling grid, which carries no gradient: the jitter
+    # costs an index on a small tensor instead of a gather (and a scatter in backward) on images.
     shifts = torch.as_tensor(params.shifts, device=dev)[group_of]
-    if bool((shifts != 0).any()):
-        rows = (torch.arange(height, device=dev)[None, :] - shifts[:, :1]) % height  # (N, H)
-        cols = (torch.arange(width, device=dev)[None, :] - shifts[:, 1:]) % width  # (N, W)
-        out = out.gather(2, rows[:, None, :, None].expand(-1, out.shape[1], -1, width))
-        out = out.gather(3, cols[:, None, None, :].expand(-1, out.shape[1], height, -1))
-    return out
+    rows = (torch.arange(height, device=dev)[None, :] - shifts[:, :1]) % height  # (N, H)
+    cols = (torch.arange(width, device=dev)[None, :] - shifts[:, 1:]) % width  # (N, W)
+    grid = grid[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -17,11 +17,12 @@ images as one group at a time; the random draws are pure functions of (seed, gro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -166,6 +167,7 @@ def _optimize(
     device: torch.device,
     dtype: torch.dtype,
     bar: Any,
+    callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """One batch of groups from their initial noise to the last iterate (normalized space)."""
     sizes = torch.as_tensor([len(g.labels) for g in groups])
@@ -216,6 +218,8 @@ def _optimize(
         with torch.no_grad():
             x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         bar.update(1)
+        if callback is not None:
+            callback(it)
     match.group_of = None
     return x.detach()
 
@@ -230,10 +234,12 @@ def synthesize_images(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> SynthesisResult:
     """Synthesize ``config.ipc`` images per class; this rank's share under torchrun.
 
-    ``stats`` may be None only for modes that match global statistics. ``config.channels_last``
+    ``stats`` may be None only for modes that match global statistics. ``callback(batch,
+    iteration)`` runs after every optimizer step (timing, logging). ``config.channels_last``
     converts the teacher's memory format in place (values are unchanged).
     """
     device = device or torch.device("cpu")
@@ -274,8 +280,9 @@ def synthesize_images(
         file=sys.stderr,
     )
     try:
-        for batch in batches:
+        for b, batch in enumerate(batches):
             match.set_targets(stats, [g.target for g in batch], device, dtype)
+            step = None if callback is None else functools.partial(callback, b)
             z = _optimize(
                 model,
                 match,
@@ -286,6 +293,7 @@ def synthesize_images(
                 device=device,
                 dtype=dtype,
                 bar=bar,
+                callback=step,
             )
             pixels = teacher.denormalize(z).clamp(0, 1).mul(255).round().to(torch.uint8)
             outputs.append(pixels.permute(0, 2, 3, 1).cpu())
