@@ -15,8 +15,9 @@ images by the stored indices, replays the stored crop/flip/CutMix with
 
 Workers and memory: the loader is a map-style ``Dataset`` over the epoch's steps
 (``batch_size=None``). Each process opens the store itself on first use (keyed by its pid, so no
-handle, ZipStore included, crosses a fork) and holds the distilled images (uint8, small: IPC50 of
-ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) plus the batches in flight. The
+handle, ZipStore included, crosses a fork). The distilled images (uint8, small: IPC50 of
+ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) are read once by the main process
+into shared memory that all workers map; a worker holds only the batches in flight. The
 epoch's small arrays are read once per epoch by the main process (one vectorised read per array)
 and handed to the workers; logits are read per step, so memory does not grow with the pool.
 
@@ -152,39 +153,37 @@ class PoolBatch:
 class _Replayer:
     """Replays entries of one store; opens it lazily, once per process (never across a fork)."""
 
-    def __init__(self, source: StoreLike, device: torch.device, labels: bool, override_kernel: bool) -> None:
+    def __init__(self, source: StoreLike, device: torch.device, override_kernel: bool) -> None:
         self.source = source
         self.device = device
-        self.want_labels = labels
         self.override_kernel = override_kernel
+        # Set by the loader from one read in the main process. With workers they live in shared
+        # memory: forked workers inherit them, spawned ones receive a handle, none makes a copy.
+        self.images: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
         self._pid: int | None = None
         self._store: LabelStore | None = None
-        self._images: torch.Tensor | None = None
-        self._labels: torch.Tensor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Handles and images are per process: a spawned worker opens and loads its own.
-        return {**self.__dict__, "_pid": None, "_store": None, "_images": None, "_labels": None}
+        # A store handle is per process: a spawned worker opens its own.
+        return {**self.__dict__, "_pid": None, "_store": None}
 
     def _open(self) -> LabelStore:
         if self._pid != os.getpid() or self._store is None:
             # After a fork the inherited handle shares the parent's file offset (a ZipStore then
             # reads garbage): drop it unclosed and open our own.
-            store = open_store(self.source)
-            self._images = torch.from_numpy(store.images()).to(self.device)
-            self._labels = torch.from_numpy(store.labels()).to(self.device) if self.want_labels else None
-            self._store, self._pid = store, os.getpid()
+            self._store, self._pid = open_store(self.source), os.getpid()
         return self._store
 
     def close(self) -> None:
         if self._store is not None and self._pid == os.getpid():
             self._store.close()
-        self._store = self._images = self._labels = None
+        self._store = None
         self._pid = None
 
     def replay(self, meta: _EpochMeta, step: int) -> dict[str, torch.Tensor]:
         store = self._open()
-        assert self._images is not None
+        assert self.images is not None
         epoch, batch = (int(v) for v in meta.keys[step])
         n = int(meta.lengths[step])
         entry = Entry(
@@ -214,7 +213,7 @@ class _Replayer:
         index = torch.from_numpy(entry.indices).to(self.device)
         info = store.dataset
         images = apply_params(
-            self._images.index_select(0, index),
+            self.images.index_select(0, index),
             params,
             store.relabel,
             info.mean,
@@ -226,8 +225,8 @@ class _Replayer:
             "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
             "keys": torch.tensor([[epoch, batch]], dtype=torch.int64, device=self.device).repeat(n, 1),
         }
-        if self._labels is not None:
-            out["labels"] = self._labels.index_select(0, index)
+        if self.labels is not None:
+            out["labels"] = self.labels.index_select(0, index)
         return out
 
 
@@ -249,12 +248,11 @@ class _EpochMeta:
         return len(self.positions)
 
 
-def _read_epoch_meta(source: StoreLike, plan: PruningPlan, positions: npt.NDArray[np.int64]) -> _EpochMeta:
-    """One vectorised read per small array for all of an epoch's steps; the handle is closed after."""
+def _read_epoch_meta(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochMeta:
+    """One vectorised read per small array for all of an epoch's steps."""
     unique, inverse = np.unique(positions, return_inverse=True)
-    with open_store(source) as store:
-        meta = store.metadata(unique)
-        where = store.where
+    plan, where = store.plan, store.where
+    meta = store.metadata(unique)
     if not meta.committed.all():
         epoch, batch = meta.keys[int(np.flatnonzero(~meta.committed)[0])]
         raise EntryError(
@@ -354,7 +352,7 @@ class PoolLoader:
         self.world_size: int = world
         rank_share(np.zeros(0, dtype=np.int64), self.rank, self.world_size)  # validates rank/world_size
         self.device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
-        self._replayer = _Replayer(source, self.device, cfg.labels, cfg.override_kernel)
+        self._replayer = _Replayer(source, self.device, cfg.override_kernel)
         self._seed = cfg.seed
         self._epoch = 0
         self._step = 0
@@ -395,9 +393,23 @@ class PoolLoader:
 
     # -- iteration -----------------------------------------------------------------------------
 
+    def _load_images(self, store: LabelStore) -> None:
+        images = torch.from_numpy(store.images())
+        labels = torch.from_numpy(store.labels()) if self.config.labels else None
+        if self.config.num_workers:
+            images.share_memory_()
+            if labels is not None:
+                labels.share_memory_()
+        self._replayer.images = images.to(self.device)
+        self._replayer.labels = None if labels is None else labels.to(self.device)
+
     def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
-        meta = _read_epoch_meta(self.source, self.plan, positions)
+        # A short-lived handle: none may be open in this process when the workers fork.
+        with open_store(self.source) as store:
+            meta = _read_epoch_meta(store, positions)
+            if self._replayer.images is None:
+                self._load_images(store)
         if cfg.device is not None or cfg.num_workers == 0:
             for step in range(len(meta)):
                 yield self._replayer.replay(meta, step)
