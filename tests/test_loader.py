@@ -306,3 +306,13 @@ def test_an_unfinished_store_fails_before_the_first_step(tmp_path: Path) -> None
     loader = PoolLoader(path, policy="sequential")
     with pytest.raises(EntryError, match=r"entry \(epoch=0, batch=3\) is not committed"):
         next(iter(loader))
+
+
+def test_a_store_without_cutmix_replays_and_a_finished_epoch_repeats(tmp_path: Path) -> None:
+    path = tmp_path / "nomix.zarr"
+    with make_store(path, plan=PLAN, mix="none") as writer:
+        fill(writer)
+    loader = PoolLoader(path, policy="epoch", seed=0, batch_size=8)
+    first = _collect(loader)
+    assert loader.state_dict()["step"] == len(loader) == len(first)
+    assert _same(_collect(loader), first)  # iterating again without set_epoch repeats the epoch
