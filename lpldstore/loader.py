@@ -58,7 +58,7 @@ from lpldstore.errors import ConfigError, EntryError
 from lpldstore.plan import PruningPlan
 from lpldstore.reader import Entry, LabelStore, _check_entry_sane, open_store
 
-__all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "epoch_schedule"]
+__all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "Policy", "epoch_schedule"]
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
 
