@@ -23,6 +23,7 @@ from lpldstore.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
+from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
 from lpldstore.plan import PruningPlan
 from lpldstore.reader import Entry, EntryMetadata, LabelStore, open_store
 from lpldstore.sizes import peer_layout_bytes, storage_bytes
@@ -45,9 +46,13 @@ __all__ = [
     "EntryMetadata",
     "FormatError",
     "LabelStore",
+    "LoaderConfig",
     "Layout",
     "LpldStoreError",
     "NotAStoreError",
+    "Policy",
+    "PoolBatch",
+    "PoolLoader",
     "Problem",
     "Provenance",
     "PruningPlan",
@@ -63,6 +68,7 @@ __all__ = [
     "apply_params",
     "check_kernel_name",
     "draw_params",
+    "epoch_schedule",
     "open_store",
     "peer_layout_bytes",
     "storage_bytes",
