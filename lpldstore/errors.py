@@ -8,13 +8,16 @@ and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
     "ConfigError",
     "EntryError",
     "FormatError",
+    "InteropError",
     "LpldStoreError",
     "NotAStoreError",
     "StoreDamagedError",
     "StoreExistsError",
+    "UnsafePickleError",
     "UnsupportedVersionError",
     "ValidationError",
 ]
@@ -58,3 +61,15 @@ class StoreExistsError(LpldStoreError, FileExistsError):
 
 class StoreDamagedError(LpldStoreError, OSError):
     """Stored bytes fail their checksum, are missing, or decode to impossible values."""
+
+
+class InteropError(LpldStoreError, ValueError):
+    """A peer label directory cannot be imported, or a store cannot be exported to a peer layout."""
+
+
+class UnsafePickleError(InteropError):
+    """A peer file would need code beyond the allow-listed tensor and NumPy types to unpickle."""
+
+
+class ArtifactError(LpldStoreError, OSError):
+    """A packed store (zip) or its checksum is missing, damaged or unsafe to unpack."""

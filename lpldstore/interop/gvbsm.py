@@ -1,0 +1,81 @@
+"""G-VBSM (and EDC's 7-item files): ``<dir>/epoch_<e>/batch_<b>.tar``, the ids inside each record.
+
+``[coords, flip, mix_index, mix_lam, mix_bbox, logits, index]`` (``reference/peer-formats.md``
+§5): the logits are a teacher ensemble, item 6 is the batch's dataset ids, so the composition is
+read, not replayed. EDC's 8th item (patch-shuffle permutation) has no place in format version 1
+and is reported as an unknown item.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpldstore.interop._common import (
+    BatchRef,
+    ImportOptions,
+    PeerBatch,
+    PeerSource,
+    RecordProblem,
+    as_numpy,
+    prefix_plan,
+    relabel_for,
+    sre2l_record,
+)
+from lpldstore.interop._images import ImageSet
+from lpldstore.interop.sre2l import _check_problems, epoch_batch_files, first_record, reader
+
+__all__ = ["scan"]
+
+
+def _parse(items: Any, n: int, hw: tuple[int, int], num_images: int) -> PeerBatch:
+    if not isinstance(items, list | tuple) or len(items) != 7:
+        got = f"{len(items)} items" if isinstance(items, list | tuple) else type(items).__name__
+        raise RecordProblem(f"expected G-VBSM's 7 items, got {got} (unknown record layout)")
+    ids = as_numpy(items[6], "index").astype(np.int64).reshape(-1)
+    if ids.shape != (n,):
+        raise RecordProblem(f"short batch: {ids.shape[0]} ids, expected {n}")
+    if (ids < 0).any() or (ids >= num_images).any():
+        raise RecordProblem(f"image ids outside [0, {num_images})")
+    return sre2l_record(list(items[:6]), n=n, hw=hw, indices=ids.tolist())
+
+
+def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
+    files = epoch_batch_files(src)
+    items, batch_size = first_record(files)
+    n_images = len(images)
+    plan, problems = prefix_plan(
+        num_images=n_images,
+        batch_size=batch_size,
+        last_batch="pad",
+        present=list(files),
+        epochs=options.epochs,
+        where=str(src),
+    )
+    _check_problems(problems)
+    refs = [
+        BatchRef(
+            e,
+            b,
+            str(files[e, b]),
+            reader(
+                files[e, b],
+                functools.partial(_parse, n=plan.batch_length(b), hw=images.hw, num_images=n_images),
+            ),
+        )
+        for e, b in sorted(files)
+    ]
+    return PeerSource(
+        layout="gvbsm",
+        plan=plan,
+        relabel=relabel_for(
+            options, mix=items[2] is not None, teacher="unknown (G-VBSM ensemble)", crop_scale=(0.08, 1.0)
+        ),
+        num_classes=int(torch.as_tensor(items[5]).shape[1]),
+        refs=refs,
+        notes={"composition": "ids stored in each record (item 6)"},
+    )

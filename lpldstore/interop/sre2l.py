@@ -1,0 +1,170 @@
+"""SRe2L / CDA (and CV-DD, FADRM, D4M): ``<dir>/epoch_<e>/batch_<b>.tar``, no sidecar.
+
+Each file is ``torch.save([coords, flip, mix_index, mix_lam, mix_bbox, logits])`` of one batch
+(``reference/peer-formats.md`` §2). The files carry no image ids: the composition is replayed
+from the writer's sampler (seed 42, ``RandomSampler`` + ``BatchSampler(drop_last=False)``, one
+generator over all epochs), as SRe2L's own reader does. The last batch of an epoch is short.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpldstore.errors import InteropError
+from lpldstore.interop._common import (
+    BatchRef,
+    ImportOptions,
+    PeerBatch,
+    PeerSource,
+    RecordProblem,
+    normalized_coords,
+    prefix_plan,
+    record_length,
+    relabel_for,
+    replay_sampler,
+    sre2l_record,
+)
+from lpldstore.interop._images import ImageSet
+from lpldstore.interop._safe_load import safe_torch_load
+from lpldstore.reader import LabelStore
+
+__all__ = ["epoch_batch_files", "export", "first_record", "scan", "store_record"]
+
+_EPOCH = re.compile(r"epoch_(\d+)")
+_BATCH = re.compile(r"batch_(\d+)\.tar")
+
+
+def epoch_batch_files(src: Path) -> dict[tuple[int, int], Path]:
+    """Every ``epoch_<e>/batch_<b>.tar`` under ``src`` by (epoch, batch); other entries are ignored."""
+    if not src.is_dir():
+        raise InteropError(f"Expected a label directory at {src}. Got no such directory.")
+    files: dict[tuple[int, int], Path] = {}
+    for epoch_dir in src.iterdir():
+        m = _EPOCH.fullmatch(epoch_dir.name)
+        if not (m and epoch_dir.is_dir()):
+            continue
+        for f in epoch_dir.iterdir():
+            mb = _BATCH.fullmatch(f.name)
+            if mb:
+                files[int(m.group(1)), int(mb.group(1))] = f
+    if not files:
+        raise InteropError(f"Expected epoch_<e>/batch_<b>.tar files under {src}. Got none.")
+    return files
+
+
+def first_record(files: dict[tuple[int, int], Path]) -> tuple[Any, int]:
+    """The record of the earliest file and its batch size (length of item 1, as SRe2L reads it)."""
+    items = safe_torch_load(files[min(files)])
+    try:
+        return items, record_length(items)
+    except RecordProblem as exc:
+        raise InteropError(f"{files[min(files)]}: {exc}") from exc
+
+
+def _check_problems(problems: list[str]) -> None:
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InteropError(f"Cannot import: {len(problems)} problem(s), nothing written:\n  {shown}{more}")
+
+
+def reader(path: Path, parse: Callable[[Any], PeerBatch]) -> Callable[[], PeerBatch]:
+    def read() -> PeerBatch:
+        return parse(safe_torch_load(path))
+
+    return read
+
+
+def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
+    files = epoch_batch_files(src)
+    items, batch_size = first_record(files)
+    n_images = len(images)
+    plan, problems = prefix_plan(
+        num_images=n_images,
+        batch_size=batch_size,
+        last_batch="pad",
+        present=list(files),
+        epochs=options.epochs,
+        where=str(src),
+    )
+    _check_problems(problems)
+    composition = list(replay_sampler(n_images, batch_size, plan.epochs))
+    refs = []
+    for e, b in sorted(files):
+        ids = composition[e][b]
+        path = files[e, b]
+        refs.append(
+            BatchRef(
+                e,
+                b,
+                str(path),
+                reader(path, lambda it, ids=ids: sre2l_record(it, n=len(ids), hw=images.hw, indices=ids)),
+            )
+        )
+    return PeerSource(
+        layout="sre2l",
+        plan=plan,
+        relabel=relabel_for(
+            options, mix=items[2] is not None, teacher="unknown (SRe2L import)", crop_scale=(0.08, 1.0)
+        ),
+        num_classes=int(torch.as_tensor(items[5]).shape[1]),
+        refs=refs,
+        notes={"composition": "replayed RandomSampler + BatchSampler, seed 42"},
+    )
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def store_record(store: LabelStore, position: int, exact_lams: dict[int, float]) -> list[Any]:
+    """One entry as the SRe2L writer saves it (types included: NumPy int64 box, Python float lambda)."""
+    entry = store.entry_at(position)
+    coords = normalized_coords(entry.crops, store.dataset.image_shape[:2])
+    flips = torch.from_numpy(np.array(entry.flips, dtype=bool))
+    logits = torch.from_numpy(np.array(entry.logits, dtype=np.float16))
+    if store.relabel.mix == "none":
+        return [coords, flips, None, None, None, logits]
+    lam = exact_lams.get(position, float(np.float32(entry.mix_lam)))
+    box = [np.int64(v) for v in entry.mix_box]
+    mix_index = torch.from_numpy(np.array(entry.mix_index, dtype=np.int64))
+    return [coords, flips, mix_index, lam, box, logits]
+
+
+def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:
+    """Write ``out/epoch_<e>/batch_<b>.tar``; the composition must be SRe2L's seed-42 replay."""
+    plan = store.plan
+    meta = store.metadata()
+    if not meta.committed.all():
+        raise InteropError(
+            f"{store.where}: expected a complete store. Got {int((~meta.committed).sum())} uncommitted entries."
+        )
+    if plan.last_batch != "pad" and plan.num_images % plan.batch_size:
+        raise InteropError(
+            f"{store.where}: SRe2L files keep the short last batch (drop_last=False); this store drops it. "
+            "Export with --to lpld, whose sidecar carries the batches."
+        )
+    replay = list(
+        replay_sampler(
+            plan.num_images, plan.batch_size, math.ceil(store.num_entries / plan.batches_per_epoch)
+        )
+    )
+    for pos, (e, b) in enumerate(store.keys):
+        n = plan.batch_length(int(b))
+        if not np.array_equal(meta.indices[pos, :n], replay[int(e)][int(b)]):
+            raise InteropError(
+                f"{store.where}: entry (epoch={e}, batch={b}) holds other images than SRe2L's seed-42 sampler "
+                "draws, and SRe2L readers re-derive batches from that sampler. Export with --to lpld instead."
+            )
+    for pos, (e, b) in enumerate(store.keys):
+        folder = out / f"epoch_{int(e)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(store_record(store, pos, exact_lams), os.fspath(folder / f"batch_{int(b)}.tar"))
+    return store.num_entries
