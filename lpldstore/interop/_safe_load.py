@@ -24,7 +24,8 @@ __all__ = ["ALLOWED_NUMPY_GLOBALS", "safe_torch_load"]
 _SCALAR = np._core.multiarray.scalar  # type: ignore[attr-defined]
 _RECONSTRUCT = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
 
-#: The NumPy globals a peer file may name, each under its NumPy 2 and NumPy 1 module path (files
+#: The NumPy globals a peer file may name (the scalar and array constructors and the plain
+#: number dtypes), the constructors under its NumPy 2 and NumPy 1 module path (files
 #: written with NumPy 1 name ``numpy.core``). Nothing else beyond torch's weights-only set.
 ALLOWED_NUMPY_GLOBALS: tuple[Any, ...] = (
     _SCALAR,
@@ -33,6 +34,15 @@ ALLOWED_NUMPY_GLOBALS: tuple[Any, ...] = (
     (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
     np.ndarray,
     np.dtype,
+    # Unpickling a dtype rebuilds its class: only these plain number types are accepted.
+    np.dtypes.BoolDType,
+    np.dtypes.UInt8DType,
+    np.dtypes.Int16DType,
+    np.dtypes.Int32DType,
+    np.dtypes.Int64DType,
+    np.dtypes.Float16DType,
+    np.dtypes.Float32DType,
+    np.dtypes.Float64DType,
 )
 
 
@@ -59,5 +69,7 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # torch puts the refused global on an inner line ("Unsupported global: ...").
+    telling = [line for line in lines if "global" in line.lower() or "can only build" in line.lower()]
+    return (telling or lines or [type(exc).__name__])[0][:300]
