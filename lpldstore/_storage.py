@@ -27,6 +27,8 @@ def open_zarr_store(
 ) -> Store:
     """A zarr store over ``source``: a store directory, a ``.zip`` of one, or an fsspec URL."""
     if is_url(source):
+        if read_only:
+            return _remote_store(str(source), dict(storage_options or {}))
         return FsspecStore.from_url(
             str(source), read_only=read_only, storage_options=dict(storage_options or {})
         )
@@ -68,3 +70,30 @@ def open_root(store: Store, where: str, *, mode: str = "r") -> zarr.Group:
         raise NotAStoreError(
             f"{where} holds no Zarr v3 group, so it is not an lpldstore store ({exc})."
         ) from exc
+
+
+# In-memory cache of a remote store's chunks, per process: a training run reads the same small
+# arrays every epoch and the pool again and again.
+REMOTE_CACHE_BYTES = 256 << 20
+
+
+def _remote_store(url: str, storage_options: dict[str, Any]) -> Store:
+    """A read-only remote store: a ``.zip`` of a store through fsspec, or a store directory.
+
+    A zip is read member by member with HTTP Range requests (``zip::blockcache::URL``: fsspec
+    caches the blocks it fetched on local disk); a directory goes through fsspec's HTTP (or other
+    protocol) file system with zarr's LRU ``CacheStore`` in memory.
+    """
+    protocol, _, rest = url.partition("://")
+    if rest.split("?", 1)[0].endswith(".zip") and "::" not in url:
+        with warnings.catch_warnings():
+            # zarr warns that the zip file system is synchronous; it wraps it, which is fine for reads.
+            warnings.filterwarnings("ignore", message=".*was not created with `asynchronous=True`")
+            return FsspecStore.from_url(
+                f"zip::blockcache::{url}", read_only=True, storage_options={protocol: storage_options}
+            )
+    from zarr.experimental.cache_store import CacheStore
+    from zarr.storage import MemoryStore
+
+    remote = FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
+    return CacheStore(remote, cache_store=MemoryStore(), max_size=REMOTE_CACHE_BYTES)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lpldstore import _cli_interop
 from lpldstore.errors import LpldStoreError
 from lpldstore.reader import LabelStore, open_store
 from lpldstore.sizes import peer_layout_bytes, storage_bytes
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("store", help="store directory, .zip of one, or URL")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(run=_cmd_verify)
+    _cli_interop.register(sub, verify)
     return parser
 
 

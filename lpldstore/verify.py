@@ -60,6 +60,7 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
         return VerifyReport(str(source), 0, 0, (Problem("store", str(exc)),))
     with store:
         problems: list[Problem] = []
+        _check_zip(source, problems)
         committed = _check_pool(store, problems)
         _check_images(store, problems)
         return VerifyReport(store.where, store.num_entries, int(committed.sum()), tuple(problems))
@@ -171,3 +172,16 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
         problems.append(Problem("images/labels", f"labels outside [0, {store.dataset.num_classes})"))
     if ok and images_digest(store.images(), labels) != store.dataset.images_sha256:
         problems.append(Problem("images", "SHA-256 of images and labels differs from dataset.images_sha256"))
+
+
+def _check_zip(source: StoreLike, problems: list[Problem]) -> None:
+    # A packed store is checked against the SHA-256 that `lpldstore pack` wrote beside it.
+    from pathlib import Path
+
+    from lpldstore._storage import is_url
+    from lpldstore.pack import check_zip_checksum
+
+    if not is_url(source) and Path(source).suffix == ".zip" and Path(source).is_file():
+        problem = check_zip_checksum(source)
+        if problem:
+            problems.append(Problem("zip", problem))

@@ -88,9 +88,11 @@ def _same_record(a: list[Any], b: list[Any]) -> None:
     for x, y in zip(a, b, strict=True):
         assert type(x) is type(y)
         if isinstance(x, torch.Tensor):
-            assert x.dtype == y.dtype and torch.equal(x, y)
+            assert x.dtype == y.dtype
+            assert torch.equal(x, y)
         elif isinstance(x, list):
-            assert [type(v) for v in x] == [type(v) for v in y] and x == y
+            assert [type(v) for v in x] == [type(v) for v in y]
+            assert x == y
         else:
             assert x == y
 
@@ -121,7 +123,8 @@ def test_sre2l_import_every_entry_and_export_gives_back_the_files(tmp_path: Path
     )
     assert report.entries == 9
     with open_store(tmp_path / "s.zarr") as store:
-        assert store.plan.last_batch == "pad" and store.relabel.mix == "cutmix"
+        assert store.plan.last_batch == "pad"
+        assert store.relabel.mix == "cutmix"
         for (e, b), (ids, record, boxes) in written.items():
             _check_entry(store, e, b, ids, record, boxes)
             assert np.array_equal(store.entry(e, b).logits, record[5].numpy())
@@ -155,7 +158,8 @@ def test_lpld_import_every_entry_and_export_gives_back_the_files(
     options = ImportOptions(output_size=(OUT, OUT), epochs=epochs)
     import_labels("lpld", src, images, tmp_path / "l.zarr", options, progress=False)
     with open_store(tmp_path / "l.zarr") as store:
-        assert store.num_entries == kept and store.plan.epochs == epochs
+        assert store.num_entries == kept
+        assert store.plan.epochs == epochs
         assert store.plan.last_batch == ("drop" if pruned else "pad")
         for (e, b), (ids, record, boxes) in written.items():
             _check_entry(store, e, b, ids, record, boxes)
@@ -234,7 +238,8 @@ def test_lpqld_import_full_and_topk_records(tmp_path: Path, images: Path, topk: 
                 assert (got[mask] == FILL_LOGIT).all()
                 # MR-k: softmax over the k stored logits, zeros elsewhere, at the training temperature.
                 p = torch.softmax(torch.from_numpy(got) / 20, dim=1).numpy()
-                assert np.allclose(p[rows, top].sum(axis=1), 1.0) and (p[mask] == 0).all()
+                assert np.allclose(p[rows, top].sum(axis=1), 1.0)
+                assert (p[mask] == 0).all()
 
 
 def test_hald_import_probabilities_become_tempered_logits(tmp_path: Path, images: Path) -> None:
@@ -283,7 +288,8 @@ def test_fkd_import_per_image_files(tmp_path: Path, images: Path) -> None:
     options = ImportOptions(output_size=(OUT, OUT), num_classes=C, batch_size=5)
     import_labels("fkd", src, images, tmp_path / "f.zarr", options, progress=False)
     with open_store(tmp_path / "f.zarr") as store:
-        assert store.plan.epochs == crops and store.relabel.mix == "none"
+        assert store.plan.epochs == crops
+        assert store.relabel.mix == "none"
         for e in range(crops):
             for b in range(3):
                 entry = store.entry(e, b)
@@ -312,7 +318,7 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path: Path, images
     marker = tmp_path / "pwned"
     torch.save([_Evil(marker)], src / "epoch_0" / "batch_1.tar")
     assert not marker.exists()
-    with pytest.raises(UnsafePickleError, match="refused to unpickle.*Nothing from it was run"):
+    with pytest.raises(UnsafePickleError, match=r"refused to unpickle.*Nothing from it was run"):
         import_labels(
             "sre2l", src, images, tmp_path / "out.zarr", ImportOptions(output_size=(OUT, OUT)), progress=False
         )
