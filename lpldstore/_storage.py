@@ -78,22 +78,23 @@ REMOTE_CACHE_BYTES = 256 << 20
 
 
 def _remote_store(url: str, storage_options: dict[str, Any]) -> Store:
-    """A read-only remote store: a ``.zip`` of a store through fsspec, or a store directory.
+    """A read-only remote store: a ``.zip`` of a store, or a store directory, through fsspec.
 
-    A zip is read member by member with HTTP Range requests (``zip::blockcache::URL``: fsspec
-    caches the blocks it fetched on local disk); a directory goes through fsspec's HTTP (or other
-    protocol) file system with zarr's LRU ``CacheStore`` in memory.
+    A zip is read member by member with HTTP Range requests (``zip::URL``; fsspec's HTTP file
+    keeps a read-ahead block in memory); a directory is one GET per chunk. Either way zarr's LRU
+    ``CacheStore`` keeps what was read in memory, per process, up to ``REMOTE_CACHE_BYTES``.
     """
-    protocol, _, rest = url.partition("://")
-    if rest.split("?", 1)[0].endswith(".zip") and "::" not in url:
-        with warnings.catch_warnings():
-            # zarr warns that the zip file system is synchronous; it wraps it, which is fine for reads.
-            warnings.filterwarnings("ignore", message=".*was not created with `asynchronous=True`")
-            return FsspecStore.from_url(
-                f"zip::blockcache::{url}", read_only=True, storage_options={protocol: storage_options}
-            )
     from zarr.experimental.cache_store import CacheStore
     from zarr.storage import MemoryStore
 
-    remote = FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
+    protocol = url.partition("://")[0]
+    if url.split("?", 1)[0].endswith(".zip") and "::" not in url:
+        with warnings.catch_warnings():
+            # zarr warns that the zip file system is synchronous; it wraps it, which is fine for reads.
+            warnings.filterwarnings("ignore", message=".*was not created with `asynchronous=True`")
+            remote = FsspecStore.from_url(
+                f"zip::{url}", read_only=True, storage_options={protocol: storage_options}
+            )
+    else:
+        remote = FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
     return CacheStore(remote, cache_store=MemoryStore(), max_size=REMOTE_CACHE_BYTES)
