@@ -1,6 +1,7 @@
 """lpldstore: a chunked, versioned Zarr v3 store for pruned soft-label pools."""
 
 from lpldstore._schema import FORMAT_NAME, FORMAT_VERSION, Layout
+from lpldstore._teacher_check import TeacherReport, check_against_teacher
 from lpldstore.augment import (
     REGISTRY,
     AugmentParams,
@@ -11,19 +12,24 @@ from lpldstore.augment import (
     draw_params,
     validate_params,
 )
+from lpldstore.card import store_card
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import (
+    ArtifactError,
     ConfigError,
     EntryError,
     FormatError,
+    InteropError,
     LpldStoreError,
     NotAStoreError,
     StoreDamagedError,
     StoreExistsError,
+    UnsafePickleError,
     UnsupportedVersionError,
     ValidationError,
 )
 from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
+from lpldstore.pack import pack_store, unpack_store
 from lpldstore.plan import PruningPlan
 from lpldstore.reader import Entry, EntryMetadata, LabelStore, open_store
 from lpldstore.sizes import peer_layout_bytes, storage_bytes
@@ -36,6 +42,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "REGISTRY",
+    "ArtifactError",
     "AugmentParams",
     "AugmentSpec",
     "CodecConfig",
@@ -45,6 +52,7 @@ __all__ = [
     "EntryError",
     "EntryMetadata",
     "FormatError",
+    "InteropError",
     "LabelStore",
     "LoaderConfig",
     "Layout",
@@ -61,17 +69,23 @@ __all__ = [
     "StoreExistsError",
     "StoreWriter",
     "StoredArray",
+    "TeacherReport",
+    "UnsafePickleError",
     "UnsupportedVersionError",
     "ValidationError",
     "VerifyReport",
     "__version__",
     "apply_params",
+    "check_against_teacher",
     "check_kernel_name",
     "draw_params",
     "epoch_schedule",
     "open_store",
+    "pack_store",
     "peer_layout_bytes",
     "storage_bytes",
+    "store_card",
+    "unpack_store",
     "validate_params",
     "verify_store",
 ]

@@ -79,7 +79,7 @@ def check_against_teacher(
     # The pipeline (and its torchvision models) is needed only here: import it lazily.
     from lpld_pipeline.teacher import load_teacher_checkpoint
 
-    teacher = load_teacher_checkpoint(teacher_checkpoint).cpu().float()
+    teacher = load_teacher_checkpoint(os.fspath(teacher_checkpoint)).cpu().float()
     problems: list[str] = []
     with open_store(source, storage_options=storage_options) as store:
         relabel = store.relabel
@@ -96,11 +96,16 @@ def check_against_teacher(
         for position in picked.tolist():
             entry = store.entry_at(position)
             params = AugmentParams(
-                crops=entry.crops,
+                crops=entry.crops.astype(np.int32),
                 flips=entry.flips,
                 mix_index=entry.mix_index,
                 mix_lam=entry.mix_lam,
-                mix_box=tuple(int(v) for v in entry.mix_box),
+                mix_box=(
+                    int(entry.mix_box[0]),
+                    int(entry.mix_box[1]),
+                    int(entry.mix_box[2]),
+                    int(entry.mix_box[3]),
+                ),
             )
             x = apply_params(
                 images[torch.from_numpy(entry.indices)],

@@ -48,10 +48,12 @@ def _card(store: LabelStore, source: StoreLike) -> str:
     committed = int(store.committed().sum())
     lines = [f"# {d.name}: distilled images with pruned soft labels (lpldstore)", ""]
     lines += [
-        (f"{d.num_images} distilled images ({d.image_shape[0]}x{d.image_shape[1]}, {d.num_classes} classes"
-        f"{f', IPC {d.ipc}' if d.ipc else ''}) and {p.num_kept} soft-label entries of {p.batch_size} "
-        f"images each, kept from {p.total_entries} ({p.epochs} augmentation epochs), in lpldstore format "
-        "version 1 (Zarr v3)."),
+        (
+            f"{d.num_images} distilled images ({d.image_shape[0]}x{d.image_shape[1]}, {d.num_classes} classes"
+            f"{f', IPC {d.ipc}' if d.ipc else ''}) and {p.num_kept} soft-label entries of {p.batch_size} "
+            f"images each, kept from {p.total_entries} ({p.epochs} augmentation epochs), in lpldstore format "
+            "version 1 (Zarr v3)."
+        ),
         "",
         "## Dataset",
         "",

@@ -355,3 +355,18 @@ def test_problems_are_all_reported_and_nothing_is_written(tmp_path: Path, images
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "images", "labels"]
     with pytest.raises(StoreExistsError, match="already exists"):
         import_labels("sre2l", src, images, tmp_path / "images", progress=False)
+
+
+def test_cli_import_and_export(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lpldstore.cli import main
+
+    src = tmp_path / "labels"
+    written = _write_sre2l(src, epochs=1, batch=5)
+    args = ["import", "--from", "sre2l", str(src), "--images", str(images), str(tmp_path / "s.zarr")]
+    assert main([*args, "--output-size", str(OUT), "--quiet"]) == 0
+    assert "imported 3 entries from sre2l layout" in capsys.readouterr().out
+    assert main(args) == 2  # the store exists now
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--to", "lpld", str(tmp_path / "s.zarr"), str(tmp_path / "back")]) == 0
+    sidecar = json.loads((tmp_path / "back" / "sampler_indices_epoch.json").read_text())
+    assert sidecar == {"0": [i for b in range(3) for i in written[0, b][0]]}

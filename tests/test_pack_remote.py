@@ -8,6 +8,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ class _RangeServer:
         self._loop = asyncio.new_event_loop()
 
         @web.middleware
-        async def log(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        async def log(request: web.Request, handler: Any) -> Any:
             if "Range" in request.headers:
                 self.ranges.append(request.headers["Range"])
             return await handler(request)

@@ -94,7 +94,7 @@ def import_labels(
         name=options.dataset_name or Path(images).name or "imported",
         num_classes=source.num_classes,
         num_images=n,
-        image_shape=image_set.pixels.shape[1:],  # type: ignore[arg-type]
+        image_shape=(int(image_set.pixels.shape[1]), int(image_set.pixels.shape[2]), 3),
         ipc=n // len(classes) if classes and n % len(classes) == 0 else None,
         class_names=classes if len(classes) == source.num_classes else None,
     )
@@ -153,7 +153,7 @@ def _record_provenance(
     from lpldstore._storage import consolidate
 
     root = zarr.open_group(str(staging), mode="r+", zarr_format=3)
-    provenance = dict(root.attrs["provenance"])
+    provenance: dict[str, Any] = dict(root.attrs["provenance"])  # type: ignore[arg-type]
     record: dict[str, Any] = {
         "layout": layout,
         "source": os.fspath(src),
@@ -165,7 +165,7 @@ def _record_provenance(
     }
     if np.isfinite(lams).any():
         record[_LAMS_KEY] = base64.b64encode(lams.tobytes()).decode("ascii")
-    provenance["config"] = {**provenance.get("config", {}), "import": record}
+    provenance["config"] = {**dict(provenance.get("config") or {}), "import": record}
     root.attrs["provenance"] = provenance
     consolidate(zarr.storage.LocalStore(staging))
 

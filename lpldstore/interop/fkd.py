@@ -11,7 +11,7 @@ logits T·log(p) with T = ``--temperature`` (default 1: FKD trains on the probab
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +158,13 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         ids = list(range(b * batch_size, b * batch_size + plan.batch_length(b)))
         group = _Group([paths[i] for i in ids])
         for e in range(epochs):
-            read: Callable[[], PeerBatch] = lambda group=group, e=e, ids=ids: _parse(
+            read = functools.partial(
+                _parse,
                 group,
                 e,
                 ids,
                 images.hw,
-                options.num_classes or 0,
+                options.num_classes,
                 options.fkd_rule,
                 temperature,
                 e == epochs - 1,

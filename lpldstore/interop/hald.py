@@ -9,6 +9,7 @@ are stored as logits T·log(p) (T = ``--temperature``, HALD's default 20), so th
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems
+from lpldstore.plan import LastBatch
 
 __all__ = ["DEFAULT_TEMPERATURE", "SIDECAR", "scan"]
 
@@ -78,6 +80,10 @@ def _parse(items: Any, ids: list[int], hw: tuple[int, int], temperature: float) 
     )
 
 
+def _read(file: _EpochFile, b: int, ids: list[int], hw: tuple[int, int], temperature: float) -> PeerBatch:
+    return _parse(file.record(b), ids, hw, temperature)
+
+
 def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     if not src.is_dir():
         raise InteropError(f"Expected a HALD label directory at {src}. Got no such directory.")
@@ -103,7 +109,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     except RecordProblem as exc:
         raise InteropError(f"{epoch_files[min(epoch_files)].path}: {exc}") from exc
     per_epoch = len(first_epoch)
-    last_batch = "pad" if per_epoch * batch_size > n_images else "drop"
+    last_batch: LastBatch = "pad" if per_epoch * batch_size > n_images else "drop"
     present = [(e, b) for e in epoch_files for b in range(per_epoch)]
     plan, problems = prefix_plan(
         num_images=n_images,
@@ -129,7 +135,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
                     e,
                     b,
                     f"{file.path} batch {b}",
-                    lambda file=file, b=b, ids=ids: _parse(file.record(b), ids, images.hw, temperature),
+                    functools.partial(_read, file, b, ids, images.hw, temperature),
                 )
             )
     _check_problems(problems)

@@ -9,6 +9,7 @@ may be partial; pass the original epoch count (``--epochs``) to record the pruni
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from lpldstore.interop._common import (
 )
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop.sre2l import _check_problems, epoch_batch_files, first_record, reader, store_record
+from lpldstore.plan import LastBatch
 from lpldstore.reader import LabelStore
 
 __all__ = ["SIDECAR", "export", "scan"]
@@ -58,7 +60,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         ids_by_epoch = _read_sidecar(sidecar)
         full_epoch = len(ids_by_epoch.get("0", []))
         # Pruned runs drop the short last batch; full ones keep it (as SRe2L does).
-        last_batch = "drop" if n_images % batch_size and full_epoch < n_images else "pad"
+        last_batch: LastBatch = "drop" if n_images % batch_size and full_epoch < n_images else "pad"
         notes["composition"] = SIDECAR
     else:
         ids_by_epoch = None
@@ -97,7 +99,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
                 e,
                 b,
                 str(path),
-                reader(path, lambda it, ids=ids: sre2l_record(it, n=len(ids), hw=images.hw, indices=ids)),
+                reader(path, functools.partial(sre2l_record, n=len(ids), hw=images.hw, indices=ids)),
             )
         )
     _check_problems(problems)

@@ -11,6 +11,7 @@ whose per-sample minimum the writer never saves.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -38,6 +39,7 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems, reader
+from lpldstore.plan import LastBatch
 
 __all__ = ["SIDECAR", "scan"]
 
@@ -97,7 +99,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         raise InteropError(f"{sidecar}: expected the ids of global batch 0. Got none.")
     short = any(len(v) < batch_size for v in by_batch.values())
     # drop_last is on exactly when pruning; a short batch in the sidecar means it was off.
-    last_batch = "pad" if short or n_images % batch_size == 0 else "drop"
+    last_batch: LastBatch = "pad" if short or n_images % batch_size == 0 else "drop"
     bpe = math.ceil(n_images / batch_size) if last_batch == "pad" else n_images // batch_size
     first = safe_torch_load(files[min(files)])
     if not isinstance(first, list | tuple) or len(first) not in (6, 7):
@@ -124,7 +126,12 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
                 e,
                 b,
                 str(files[g]),
-                reader(files[g], lambda it, ids=ids: _parse(it, ids, images.hw, num_classes, options)),
+                reader(
+                    files[g],
+                    functools.partial(
+                        _parse, ids=ids, hw=images.hw, num_classes=num_classes, options=options
+                    ),
+                ),
             )
         )
     _check_problems(problems)

@@ -8,6 +8,7 @@ generator over all epochs), as SRe2L's own reader does. The last batch of an epo
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -106,7 +107,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
                 e,
                 b,
                 str(path),
-                reader(path, lambda it, ids=ids: sre2l_record(it, n=len(ids), hw=images.hw, indices=ids)),
+                reader(path, functools.partial(sre2l_record, n=len(ids), hw=images.hw, indices=ids)),
             )
         )
     return PeerSource(
