@@ -12,6 +12,7 @@ import numpy.typing as npt
 import zarr
 from zarr.abc.store import Store
 
+from lpldstore import _guard
 from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays
 from lpldstore._storage import StoreLike, is_url, open_root, open_zarr_store
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
@@ -73,6 +74,7 @@ class LabelStore:
     def __init__(self, store: Store, where: str) -> None:
         self._store = store
         self.where = where
+        _guard.check_store_metadata(store, where)  # codecs and dtypes allow-listed before zarr parses them
         root = open_root(store, where)
         self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
         self._arrays = check_arrays(root, self.attrs, where)
@@ -127,7 +129,7 @@ class LabelStore:
         """Which entries are committed (re-read on every call: writers may be at work)."""
         try:
             return np.asarray(self._arrays["pool/committed"][:], dtype=bool)
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the commit flags", exc) from exc
 
     @property
@@ -140,14 +142,14 @@ class LabelStore:
         """All images, uint8 (N, H, W, 3)."""
         try:
             return np.asarray(self._arrays["images/pixels"][:])
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the images", exc) from exc
 
     def labels(self) -> npt.NDArray[np.int64]:
         """The hard class label of every image."""
         try:
             return np.asarray(self._arrays["images/labels"][:], dtype=np.int64)
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the image labels", exc) from exc
 
     # -- entries -------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class LabelStore:
         n = self.plan.batch_length(batch)
         try:
             logits = np.asarray(self._arrays["pool/logits"][position])
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         # A missing chunk reads as the NaN fill value: real logits are always finite.
         if not np.isfinite(logits[:n]).all():
@@ -214,7 +216,7 @@ class LabelStore:
             try:
                 # One orthogonal read per array: zarr fetches the needed chunks concurrently.
                 read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
-            except ValueError as exc:
+            except _guard.READ_ERRORS as exc:
                 raise _damaged(self.where, f"pool/{name}", exc) from exc
         return EntryMetadata(
             positions=pos,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lpldstore._guard import READ_ERRORS
 from lpldstore._schema import ENTRY_ARRAYS, images_digest
 from lpldstore._storage import StoreLike
 from lpldstore.errors import LpldStoreError
@@ -68,7 +69,7 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
 def _read(store: LabelStore, path: str, span: slice, problems: list[Problem]) -> npt.NDArray[Any] | None:
     try:
         return np.asarray(store.array(path)[span])
-    except (ValueError, OSError) as exc:
+    except READ_ERRORS as exc:
         keys = store.keys[span]
         problems.extend(Problem(path, f"unreadable chunk ({exc})", int(e), int(b)) for e, b in keys)
         return None
@@ -141,7 +142,7 @@ def _check_logits(store: LabelStore, pos: int, epoch: int, batch: int, problems:
     n = store.plan.batch_length(batch)
     try:
         logits = np.asarray(store.array("pool/logits")[pos])
-    except (ValueError, OSError) as exc:
+    except READ_ERRORS as exc:
         problems.append(Problem("pool/logits", f"unreadable chunk ({exc})", epoch, batch))
         return
     if np.isnan(logits[:n]).all():
@@ -157,7 +158,7 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
     for start in range(0, store.dataset.num_images, step):
         try:
             pixels_array[start : start + step]
-        except (ValueError, OSError) as exc:
+        except READ_ERRORS as exc:
             problems.append(
                 Problem("images/pixels", f"unreadable chunk of images {start}..{start + step - 1} ({exc})")
             )
