@@ -14,6 +14,7 @@ from lpldstore.augment import (
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import (
     ConfigError,
+    DamageWarning,
     EntryError,
     FormatError,
     LpldStoreError,
@@ -40,6 +41,7 @@ __all__ = [
     "AugmentSpec",
     "CodecConfig",
     "ConfigError",
+    "DamageWarning",
     "DatasetInfo",
     "Entry",
     "EntryError",

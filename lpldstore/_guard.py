@@ -19,8 +19,11 @@ import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 
+import numpy as np
+import numpy.typing as npt
+import zarr
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -42,7 +45,7 @@ ALLOWED_DTYPES = frozenset(
 MAX_CHUNK_ELEMENTS = 1 << 28
 
 # What third-party decoders (blosc, zstd, the sharding codec, zipfile) raise on damaged bytes.
-READ_ERRORS: tuple[type[BaseException], ...] = (
+READ_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     OSError,
     RuntimeError,
@@ -121,7 +124,7 @@ def _check_codecs(codecs: Any, array: str, where: str, *, nested: bool = False) 
         )
 
 
-def _positive_ints(value: Any) -> bool:
+def _positive_ints(value: Any) -> TypeGuard[list[int]]:
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
     )
@@ -162,7 +165,8 @@ def check_array_metadata(meta: Any, array: str, where: str) -> None:
         and isinstance(codecs[0], dict)
         and codecs[0].get("name") == "sharding_indexed"
     ):
-        inner = (codecs[0].get("configuration") or {}).get("chunk_shape")
+        config = codecs[0].get("configuration")
+        inner = config.get("chunk_shape") if isinstance(config, dict) else None
         if not _positive_ints(inner) or len(inner) != len(shape):
             raise FormatError(f"{where}: array '{array}' has a malformed shard chunk shape {inner!r}.")
         chunk_elems = math.prod(inner)
@@ -288,3 +292,51 @@ def metadata_as_error(where: str) -> Iterator[None]:
         raise FormatError(
             f"{where}: zarr could not parse the store's metadata ({type(exc).__name__}: {exc})."
         ) from exc
+
+
+def _chunk_exists(array: zarr.Array, coords: tuple[int, ...]) -> bool:
+    key = array.metadata.encode_chunk_key(coords)
+    prefix = array.store_path.path
+    return bool(sync(array.store_path.store.exists(f"{prefix}/{key}" if prefix else key)))
+
+
+def check_flip_chunks(
+    where: str,
+    flip: zarr.Array,
+    positions: npt.NDArray[np.int64],
+    committed: npt.NDArray[np.bool_],
+    keys: Any,
+) -> None:
+    """Refuse committed entries whose ``pool/flip`` chunk is missing.
+
+    Every other array's fill value is impossible data (NaN, -1, -2), so a missing chunk reads as
+    damage; a missing flip chunk would read as "no flips", which is valid. Writers always write the
+    chunk (write_empty_chunks), so its absence under a committed entry is damage.
+    """
+    block = flip.chunks[0]
+    seen: set[int] = set()
+    for row, pos in enumerate(np.asarray(positions).tolist()):
+        number = pos // block
+        if not committed[row] or number in seen:
+            continue
+        seen.add(number)
+        if not _chunk_exists(flip, (number, 0)):
+            epoch, batch = (int(v) for v in keys[row])
+            raise StoreDamagedError(
+                f"{where}: entry (epoch={epoch}, batch={batch}): pool/flip is missing its chunk (block {number}). "
+                "The stored bytes are damaged or missing; run `lpldstore verify` for a full report."
+            )
+
+
+def missing_block_chunks(array: zarr.Array, number: int) -> bool:
+    """Whether block ``number`` of a per-entry array has no chunk file."""
+    return not _chunk_exists(array, (number,) + (0,) * (array.ndim - 1))
+
+
+def describe(keys: npt.NDArray[np.int64]) -> str:
+    """'entry (epoch=e, batch=b)' or 'entries (epoch=e, batch=b) ... (n entries)' for error messages."""
+    rows = np.asarray(keys).reshape(-1, 2).tolist()
+    if len(rows) == 1:
+        return f"entry (epoch={rows[0][0]}, batch={rows[0][1]})"
+    shown = ", ".join(f"(epoch={e}, batch={b})" for e, b in rows[:4])
+    return f"entries {shown}{', ...' if len(rows) > 4 else ''} ({len(rows)} entries)"

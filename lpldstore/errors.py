@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DamageWarning",
     "EntryError",
     "FormatError",
     "LpldStoreError",
@@ -58,3 +59,7 @@ class StoreExistsError(LpldStoreError, FileExistsError):
 
 class StoreDamagedError(LpldStoreError, OSError):
     """Stored bytes fail their checksum, are missing, or decode to impossible values."""
+
+
+class DamageWarning(UserWarning):
+    """Damaged entries were skipped (``LoaderConfig(skip_damaged=True)``); the message says how many."""

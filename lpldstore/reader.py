@@ -217,7 +217,12 @@ class LabelStore:
                 # One orthogonal read per array: zarr fetches the needed chunks concurrently.
                 read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
             except _guard.READ_ERRORS as exc:
-                raise _damaged(self.where, f"pool/{name}", exc) from exc
+                raise _damaged(
+                    self.where, f"pool/{name} of {_guard.describe(self.plan.kept_keys[pos])}", exc
+                ) from exc
+        _guard.check_flip_chunks(
+            self.where, self._arrays["pool/flip"], pos, read["committed"], self.plan.kept_keys[pos]
+        )
         return EntryMetadata(
             positions=pos,
             keys=self.plan.kept_keys[pos],
@@ -258,6 +263,9 @@ def _check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
         )
     if sorted(entry.mix_index.tolist()) != list(range(n)) or not np.isfinite(entry.mix_lam):
         raise StoreDamagedError(f"{name}: the CutMix record is damaged or missing.")
+    # A missing crop or CutMix-box chunk reads as its fill value -1, never a stored coordinate.
+    if (n and (entry.crops.min() < 0 or entry.crops[:, 2:].min() < 1)) or entry.mix_box.min() < 0:
+        raise StoreDamagedError(f"{name}: the crop boxes or the CutMix box are damaged or missing.")
 
 
 def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:

@@ -22,7 +22,7 @@ from lpldstore.config import DatasetInfo, RelabelConfig
 from lpldstore.plan import PruningPlan
 from lpldstore.writer import StoreWriter
 
-__all__ = ["fake_entry", "fake_images", "fill", "make_store"]
+__all__ = ["DAMAGE_KINDS", "damage_file", "fake_entry", "fake_images", "fill", "make_store"]
 
 
 def fake_images(
@@ -94,6 +94,35 @@ def fill(writer: StoreWriter, *, seed: int = 0, limit: int | None = None, delay:
         done += 1
         if delay:
             time.sleep(delay)
+    return done
+
+
+DAMAGE_KINDS = ("flip", "truncate", "delete")
+
+
+def damage_file(path: str | os.PathLike[str], kind: str, rng: np.random.Generator) -> str:
+    """Damage one file of a store: flip one random byte, cut it short at a random length, or delete it.
+
+    Returns a description of what was done. A truncation always removes at least one byte.
+    """
+    target = os.fspath(path)
+    if kind == "delete":
+        os.remove(target)
+        return "deleted"
+    with open(target, "rb") as f:
+        data = bytearray(f.read())
+    if kind == "flip":
+        at = int(rng.integers(0, len(data)))
+        data[at] ^= int(rng.integers(1, 256))
+        done = f"byte {at} of {len(data)} flipped"
+    elif kind == "truncate":
+        keep = int(rng.integers(0, len(data)))
+        del data[keep:]
+        done = f"truncated to {keep} bytes"
+    else:
+        raise ValueError(f"Expected a damage kind in {DAMAGE_KINDS}. Got {kind!r} instead.")
+    with open(target, "wb") as f:
+        f.write(bytes(data))
     return done
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lpldstore._guard import READ_ERRORS
+from lpldstore._guard import READ_ERRORS, missing_block_chunks, stale_array_metadata
 from lpldstore._schema import ENTRY_ARRAYS, images_digest
 from lpldstore._storage import StoreLike
 from lpldstore.errors import LpldStoreError
@@ -61,6 +61,7 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
         return VerifyReport(str(source), 0, 0, (Problem("store", str(exc)),))
     with store:
         problems: list[Problem] = []
+        problems.extend(Problem(a, m) for a, m in stale_array_metadata(store.zarr_store, store.where))
         committed = _check_pool(store, problems)
         _check_images(store, problems)
         return VerifyReport(store.where, store.num_entries, int(committed.sum()), tuple(problems))
@@ -93,6 +94,15 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
                         Problem("pool/key", f"stored key {tuple(got.tolist())} != planned", int(e), int(b))
                     )
         rows = {name: _read(store, f"pool/{name}", span, problems) for name in ENTRY_ARRAYS}
+        if flags.any():  # a committed entry's chunks were all written: absent means lost
+            for name in ENTRY_ARRAYS:
+                if missing_block_chunks(store.array(f"pool/{name}"), start // block):
+                    problems.extend(
+                        Problem(f"pool/{name}", "chunk missing (reads as fill value)", int(e), int(b))
+                        for (e, b), done in zip(keys, flags, strict=True)
+                        if done
+                    )
+                    rows[name] = None
         for i, (e, b) in enumerate(keys):
             epoch, batch = int(e), int(b)
             if not flags[i]:
