@@ -231,7 +231,7 @@ def stale_array_metadata(store: Store, where: str) -> list[tuple[str, str]]:
     if not isinstance(consolidated, dict) or not isinstance(consolidated.get("metadata"), dict):
         return []
     found: list[tuple[str, str]] = []
-    for path in array_paths():
+    for path in ("images", "pool", *array_paths()):
         expected = consolidated["metadata"].get(path)
         try:
             own = _read_json(store, f"{path}/zarr.json", where)
@@ -340,3 +340,13 @@ def describe(keys: npt.NDArray[np.int64]) -> str:
         return f"entry (epoch={rows[0][0]}, batch={rows[0][1]})"
     shown = ", ".join(f"(epoch={e}, batch={b})" for e, b in rows[:4])
     return f"entries {shown}{', ...' if len(rows) > 4 else ''} ({len(rows)} entries)"
+
+
+def check_all_chunks_present(where: str, array: zarr.Array, what: str) -> None:
+    """Refuse an array with a missing chunk (used for the images, whose fill value 0 is valid data)."""
+    for number in range(array.cdata_shape[0]):
+        if not _chunk_exists(array, (number,) + (0,) * (array.ndim - 1)):
+            raise StoreDamagedError(
+                f"{where}: {what} are missing chunk {number} of {array.cdata_shape[0]}. The stored bytes are "
+                "damaged or missing; run `lpldstore verify` for a full report."
+            )

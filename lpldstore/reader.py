@@ -140,6 +140,7 @@ class LabelStore:
 
     def images(self) -> npt.NDArray[np.uint8]:
         """All images, uint8 (N, H, W, 3)."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/pixels"], "the images")
         try:
             return np.asarray(self._arrays["images/pixels"][:])
         except _guard.READ_ERRORS as exc:
@@ -147,6 +148,7 @@ class LabelStore:
 
     def labels(self) -> npt.NDArray[np.int64]:
         """The hard class label of every image."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/labels"], "the image labels")
         try:
             return np.asarray(self._arrays["images/labels"][:], dtype=np.int64)
         except _guard.READ_ERRORS as exc:
