@@ -77,9 +77,13 @@ def _run_length(root: Path) -> tuple[float, float]:
 
 
 def crash_trial(
-    root: Path, refs: dict[bool, Path], length: float, rng: np.random.Generator
+    root: Path, refs: dict[bool, Path], window: tuple[float, float], rng: np.random.Generator
 ) -> dict[str, Any]:
-    """One fill trial: up to three kills at random moments, then resumed in-process to the end."""
+    """One fill trial: one to three kills at random moments, then resumed in-process to the end.
+
+    Kill moments are uniform over ``window``: from a little before the first commit (the
+    interpreter's start-up is dead time) to the end of an uninterrupted run.
+    """
     sharded = bool(rng.integers(0, 2))
     commit_every = int(rng.integers(1, 9))
     store = root / "trial.zarr"
