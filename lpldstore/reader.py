@@ -213,7 +213,8 @@ class LabelStore:
                     f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}."
                 )
         read: dict[str, npt.NDArray[Any]] = {}
-        for name in (*ENTRY_ARRAYS, "committed"):
+        # Flags first: data is written before its flag, so data read after a set flag is complete.
+        for name in ("committed", *ENTRY_ARRAYS):
             array = self._arrays[f"pool/{name}"]
             try:
                 # One orthogonal read per array: zarr fetches the needed chunks concurrently.
