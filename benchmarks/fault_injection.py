@@ -1,6 +1,6 @@
 """Fault injection: writers killed with SIGKILL at random moments, and stores damaged at random.
 
-    python benchmarks/fault_injection.py                 # 24 fill + 8 create trials, damage sweep
+    python benchmarks/fault_injection.py                 # 20 fill + 6 create trials, damage sweep
     python benchmarks/fault_injection.py --trials 60 --seed 1
 
 Crash trials. A real writing process (``python -m lpldstore.testing fill``) is killed with SIGKILL
@@ -79,7 +79,7 @@ def _run_length(root: Path) -> tuple[float, float]:
 def crash_trial(
     root: Path, refs: dict[bool, Path], window: tuple[float, float], rng: np.random.Generator
 ) -> dict[str, Any]:
-    """One fill trial: one to three kills at random moments, then resumed in-process to the end.
+    """One fill trial: one or two kills at random moments, then resumed in-process to the end.
 
     Kill moments are uniform over ``window``: from a little before the first commit (the
     interpreter's start-up is dead time) to the end of an uninterrupted run.
@@ -90,7 +90,7 @@ def crash_trial(
     shutil.rmtree(store, ignore_errors=True)
     make_store(store, plan=PLAN, layout=_layout(sharded)).close()
     kills: list[dict[str, Any]] = []
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(1, 3))):
         at = float(rng.uniform(*window))
         before = _committed(store)
         proc = spawn("fill", store, "--delay", str(DELAY), "--commit-every", str(commit_every))
@@ -208,8 +208,8 @@ def damage_sweep(root: Path, rng: np.random.Generator) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=24, help="fill trials (SIGKILL + resume)")
-    parser.add_argument("--create-trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=20, help="fill trials (SIGKILL + resume)")
+    parser.add_argument("--create-trials", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
