@@ -4,8 +4,9 @@
     python benchmarks/fault_injection.py --trials 60 --seed 1
 
 Crash trials. A real writing process (``python -m lpldstore.testing fill``) is killed with SIGKILL
-at a moment drawn uniformly over the length of an uninterrupted run (measured first), possibly
-several times in a row; then it is resumed to the end. Each finished store must equal an
+once or twice in a row; each kill comes at a moment drawn uniformly from the writer's first
+commit to the end an uninterrupted run would have (the interpreter's start-up before it is dead
+time, not worth killing); then the store is resumed to the end. Each finished store must equal an
 uninterrupted one entry for entry and pass ``verify``. Layouts (chunked or sharded logits) and
 commit intervals are drawn per trial. Create trials kill ``python -m lpldstore.testing create``
 (a store built in a staging directory and renamed into place): afterwards the path holds either
@@ -56,34 +57,8 @@ def _reference(root: Path, sharded: bool) -> Path:
     return path
 
 
-def _run_length(root: Path) -> tuple[float, float]:
-    """Seconds from start to the first commit, and to the end, of an uninterrupted filler process."""
-    store = root / "timing.zarr"
-    make_store(store, plan=PLAN, layout=_layout(False)).close()
-    start = time.perf_counter()
-    proc = spawn("fill", store, "--delay", str(DELAY), "--commit-every", "1")
-    first = None
-    while proc.poll() is None:
-        if first is None and _committed(store):
-            first = time.perf_counter() - start
-        time.sleep(0.01)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "filler failed")
-    if proc.stderr:
-        proc.stderr.close()
-    shutil.rmtree(store)
-    length = time.perf_counter() - start
-    return (first if first is not None else 0.0), length
-
-
-def crash_trial(
-    root: Path, refs: dict[bool, Path], window: tuple[float, float], rng: np.random.Generator
-) -> dict[str, Any]:
-    """One fill trial: one or two kills at random moments, then resumed in-process to the end.
-
-    Kill moments are uniform over ``window``: from a little before the first commit (the
-    interpreter's start-up is dead time) to the end of an uninterrupted run.
-    """
+def crash_trial(root: Path, refs: dict[bool, Path], rng: np.random.Generator) -> dict[str, Any]:
+    """One fill trial: one or two kills at random moments, then resumed in-process to the end."""
     sharded = bool(rng.integers(0, 2))
     commit_every = int(rng.integers(1, 9))
     store = root / "trial.zarr"
@@ -91,9 +66,13 @@ def crash_trial(
     make_store(store, plan=PLAN, layout=_layout(sharded)).close()
     kills: list[dict[str, Any]] = []
     for _ in range(int(rng.integers(1, 3))):
-        at = float(rng.uniform(*window))
         before = _committed(store)
         proc = spawn("fill", store, "--delay", str(DELAY), "--commit-every", str(commit_every))
+        # The interpreter's start-up is dead time: wait until this writer commits, then kill it
+        # at a moment drawn uniformly over what an uninterrupted run still has to do.
+        while proc.poll() is None and _committed(store) == before:
+            time.sleep(0.005)
+        at = float(rng.uniform(0, (PLAN.num_kept - before) * DELAY * 1.5))
         killed = kill_at(proc, at)
         if not killed and proc.returncode:
             raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "filler failed")
@@ -101,7 +80,7 @@ def crash_trial(
             proc.stderr.close()
         kills.append(
             {
-                "at_s": round(at, 3),
+                "after_first_commit_s": round(at, 3),
                 "killed": killed,
                 "committed_before": before,
                 "committed_after": _committed(store),
@@ -127,14 +106,18 @@ def crash_trial(
     }
 
 
-def create_trial(root: Path, rng: np.random.Generator, length: float) -> dict[str, Any]:
-    """Kill the create step at a random moment: the path holds nothing or a complete store."""
+def create_trial(root: Path, rng: np.random.Generator) -> dict[str, Any]:
+    """Kill the create step while it builds: the path holds nothing or a complete store."""
     work = root / "create"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     store = work / "s.zarr"
-    at = float(rng.uniform(0, length))
     proc = spawn("create", store, "--images", "1500", "--size", "48")
+    # Wait until the staging directory exists, then kill within the next second or so (the
+    # build takes about that long), or after the rename if the draw is late.
+    while proc.poll() is None and not any(p.name.startswith(".s.zarr.creating-") for p in work.iterdir()):
+        time.sleep(0.005)
+    at = float(rng.uniform(0, 1.5))
     killed = kill_at(proc, at)
     if proc.stderr:
         proc.stderr.close()
@@ -218,24 +201,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         refs = {sharded: _reference(root, sharded) for sharded in (False, True)}
-        first, length = _run_length(root)
-        window = (0.8 * first, length)
-        print(
-            f"uninterrupted filler run: {length:.2f} s for {PLAN.num_kept} entries, first commit at {first:.2f} s"
-        )
         trials = []
         for i in range(args.trials):
-            trial = crash_trial(root, refs, window, rng)
+            trial = crash_trial(root, refs, rng)
             trials.append(trial)
             print(
                 f"fill trial {i:2d} {trial['layout']:7s} commit_every={trial['commit_every']} "
-                f"kills at {[k['at_s'] for k in trial['kills']]} committed after kills "
+                f"kills {[k['after_first_commit_s'] for k in trial['kills']]} s after a commit, committed after kills "
                 f"{PLAN.num_kept - trial['entries_left_after_kills']}/{PLAN.num_kept}: "
                 f"{'OK' if trial['ok'] else 'FAILED ' + str(trial['differences'])}"
             )
         creates = []
         for i in range(args.create_trials):
-            outcome = create_trial(root, rng, length)
+            outcome = create_trial(root, rng)
             creates.append(outcome)
             print(f"create trial {i}: killed at {outcome['at_s']} s: {outcome['result']}")
         damage = damage_sweep(root, rng)
@@ -271,8 +249,6 @@ def main() -> None:
                 f"--create-trials {args.create_trials} --seed {args.seed}",
                 "plan": PLAN.to_dict(),
                 "entries": PLAN.num_kept,
-                "uninterrupted_run_s": round(length, 3),
-                "kill_window_s": [round(v, 3) for v in window],
                 "summary": summary,
                 "fill_trials": trials,
                 "create_trials": creates,
