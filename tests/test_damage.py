@@ -94,7 +94,7 @@ def test_a_damaged_shard_names_the_entries_it_holds(tmp_path: Path, where: str) 
 
 
 @pytest.mark.parametrize("array", ["indices", "crop", "flip", "mix_index", "mix_lam", "mix_box"])
-@pytest.mark.parametrize("kind", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("kind", ["flip", "delete"])  # truncation fails the checksum like a flip
 def test_a_damaged_small_array_chunk_names_its_block(tmp_path: Path, array: str, kind: str) -> None:
     path = _store(tmp_path)
     chunk = path / "pool" / array / "c" / "1"
@@ -122,7 +122,10 @@ def test_damaged_commit_flags_and_keys_are_reported(tmp_path: Path) -> None:
     assert {(a, e, b) for a, e, b in named if a == "pool/key"} == {
         ("pool/key", *_key(p)) for p in range(BLOCK, 2 * BLOCK)
     }
-    with open_store(path) as store, pytest.raises(StoreDamagedError, match="the commit flags could not be read"):
+    with (
+        open_store(path) as store,
+        pytest.raises(StoreDamagedError, match="the commit flags could not be read"),
+    ):
         store.committed()
 
 

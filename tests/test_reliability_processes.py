@@ -1,6 +1,6 @@
 """Writers as real processes: killed at random moments (fill and create), and four at once with readers.
 
-The quick versions of ``benchmarks/fault_injection.py`` (which runs 24+ trials).
+The quick versions of ``benchmarks/fault_injection.py`` (which runs 20+ trials).
 """
 
 from __future__ import annotations

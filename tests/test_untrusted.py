@@ -158,11 +158,21 @@ def _set(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
         ("images/pixels", _set(("chunk_key_encoding",), {"name": "evil"}), "unknown chunk key encoding"),
         (
             "pool/logits",
-            _set(("codecs",), [{"name": "numcodecs.zlib", "configuration": {"level": 1}}, {"name": "crc32c"}]),
+            _set(
+                ("codecs",), [{"name": "numcodecs.zlib", "configuration": {"level": 1}}, {"name": "crc32c"}]
+            ),
             r"declares codec 'numcodecs.zlib'",
         ),
     ],
-    ids=["string-dtype", "vlen-codec", "no-checksum", "huge-chunk", "transformer", "key-encoding", "numcodecs"],
+    ids=[
+        "string-dtype",
+        "vlen-codec",
+        "no-checksum",
+        "huge-chunk",
+        "transformer",
+        "key-encoding",
+        "numcodecs",
+    ],
 )
 def test_metadata_outside_the_allow_list_is_refused(
     store_path: Path, array: str, edit: Callable[[dict[str, Any]], None], match: str
