@@ -180,5 +180,10 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
         return
     if labels.size and (labels.min() < 0 or labels.max() >= store.dataset.num_classes):
         problems.append(Problem("images/labels", f"labels outside [0, {store.dataset.num_classes})"))
-    if ok and images_digest(store.images(), labels) != store.dataset.images_sha256:
+    try:
+        pixels = store.images() if ok else None
+    except LpldStoreError as exc:  # a missing chunk: reads as zeros, so the reader refuses it
+        problems.append(Problem("images/pixels", str(exc)))
+        return
+    if pixels is not None and images_digest(pixels, labels) != store.dataset.images_sha256:
         problems.append(Problem("images", "SHA-256 of images and labels differs from dataset.images_sha256"))

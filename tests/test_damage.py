@@ -137,7 +137,7 @@ def test_damaged_images_are_reported_and_stop_the_loader(tmp_path: Path, kind: s
     assert named & {("images/pixels", None, None), ("images", None, None)}
     with (
         open_store(path) as store,
-        pytest.raises(StoreDamagedError, match="the images (could not be read|are missing)"),
+        pytest.raises(StoreDamagedError, match=r"the images (could not be read|are missing)"),
     ):
         store.images()
     with pytest.raises(StoreDamagedError, match="images"):
