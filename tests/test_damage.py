@@ -174,7 +174,7 @@ def test_every_chunk_file_damaged_is_detected(tmp_path: Path) -> None:
         p.relative_to(template) for p in template.rglob("*") if p.is_file() and p.name != "zarr.json"
     )
     rng = np.random.default_rng(0)
-    missed = []
+    missed: list[tuple[str, str, object]] = []
     for i, rel in enumerate(chunks):
         kind = ("flip", "truncate", "delete")[i % 3]
         path = tmp_path / f"c{i}"

@@ -26,7 +26,7 @@ FUZZ_FACTOR = 2
 PLAN = PruningPlan(
     num_images=12, batch_size=4, epochs=3, ratio=1.5, strategy="random", seed=3, last_batch="pad"
 )
-CASES = FUZZ_FACTOR * (settings.default.max_examples or 0)
+CASES = FUZZ_FACTOR * settings().max_examples  # the loaded profile (tests/conftest.py)
 
 
 @pytest.fixture(scope="module", params=[None, 4], ids=["chunked", "sharded"])
