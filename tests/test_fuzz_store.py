@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from lpldstore import Layout, LpldStoreError, PoolLoader, PruningPlan, open_store, verify_store
 from lpldstore.testing import fill, make_store
 
-FUZZ_FACTOR = 2
+FUZZ_FACTOR = 1
 PLAN = PruningPlan(
     num_images=12, batch_size=4, epochs=3, ratio=1.5, strategy="random", seed=3, last_batch="pad"
 )
