@@ -17,6 +17,7 @@ from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import (
     ArtifactError,
     ConfigError,
+    DamageWarning,
     EntryError,
     FormatError,
     InteropError,
@@ -47,6 +48,7 @@ __all__ = [
     "AugmentSpec",
     "CodecConfig",
     "ConfigError",
+    "DamageWarning",
     "DatasetInfo",
     "Entry",
     "EntryError",

@@ -13,7 +13,8 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
-from lpldstore.errors import NotAStoreError
+from lpldstore._guard import READ_ERRORS, check_zip_members
+from lpldstore.errors import FormatError, NotAStoreError
 
 StoreLike = str | os.PathLike[str]
 
@@ -38,6 +39,7 @@ def open_zarr_store(
     if path.is_file() and path.suffix == ".zip":
         if not read_only:
             raise NotAStoreError(f"{path} is a zip file; zipped stores are read-only. Unpack it to write.")
+        check_zip_members(path)  # damaged zips and members outside the store are refused first
         return ZipStore(path, mode="r")
     if path.exists():
         raise NotAStoreError(
@@ -69,6 +71,10 @@ def open_root(store: Store, where: str, *, mode: str = "r") -> zarr.Group:
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
         raise NotAStoreError(
             f"{where} holds no Zarr v3 group, so it is not an lpldstore store ({exc})."
+        ) from exc
+    except READ_ERRORS as exc:  # metadata that zarr itself cannot parse
+        raise FormatError(
+            f"{where}: zarr could not parse the store's metadata ({type(exc).__name__}: {exc})."
         ) from exc
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "ConfigError",
+    "DamageWarning",
     "EntryError",
     "FormatError",
     "InteropError",
@@ -73,3 +74,7 @@ class UnsafePickleError(InteropError):
 
 class ArtifactError(LpldStoreError, OSError):
     """A packed store (zip) or its checksum is missing, damaged or unsafe to unpack."""
+
+
+class DamageWarning(UserWarning):
+    """Damaged entries were skipped (``LoaderConfig(skip_damaged=True)``); the message says how many."""

@@ -51,6 +51,7 @@ import numpy.typing as npt
 import torch
 import torch.utils.data
 
+from lpldstore import _damage
 from lpldstore._schedule import Policy, check_policy, epoch_schedule, rank_share
 from lpldstore._storage import StoreLike
 from lpldstore.augment import AugmentParams, apply_params, check_kernel_name
@@ -84,6 +85,9 @@ class LoaderConfig:
         This process's share; None takes them from ``torch.distributed`` when initialized.
     override_kernel
         Replay a store made with another crop kernel anyway (see ``check_kernel_name``).
+    skip_damaged
+        Leave out entries that cannot be read instead of raising ``StoreDamagedError``; they are
+        listed in ``PoolLoader.skipped`` and counted in a ``DamageWarning`` (see ``lpldstore._damage``).
     """
 
     policy: Policy = "ilp"
@@ -99,6 +103,7 @@ class LoaderConfig:
     rank: int | None = None
     world_size: int | None = None
     override_kernel: bool = False
+    skip_damaged: bool = False
 
     def __post_init__(self) -> None:
         check_policy(self.policy)
@@ -356,6 +361,7 @@ class PoolLoader:
         self._seed = cfg.seed
         self._epoch = 0
         self._step = 0
+        self.skipped: list[tuple[int, int]] = []  # damaged entries left out of the last epoch iterated
 
     # -- schedule ------------------------------------------------------------------------------
 
@@ -406,23 +412,29 @@ class PoolLoader:
     def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
         # A short-lived handle: none may be open in this process when the workers fork.
+        self.skipped = []
         with open_store(self.source) as store:
-            meta = _read_epoch_meta(store, positions)
+            if cfg.skip_damaged:
+                positions, meta = _damage.read_meta_skipping(store, positions, _read_epoch_meta, self.skipped)
+            else:
+                meta = _read_epoch_meta(store, positions)
             if self._replayer.images is None:
                 self._load_images(store)
+        replayer = _damage.SkippingReplayer(self._replayer) if cfg.skip_damaged else self._replayer
         if cfg.device is not None or cfg.num_workers == 0:
-            for step in range(len(meta)):
-                yield self._replayer.replay(meta, step)
+            yield from _damage.drop_skipped(
+                (replayer.replay(meta, step) for step in range(len(meta))), self.skipped, store.where
+            )
             return
         loader = torch.utils.data.DataLoader(
-            _StepDataset(self._replayer, meta),
+            _StepDataset(replayer, meta),  # type: ignore[arg-type]
             batch_size=None,
             shuffle=False,
             num_workers=cfg.num_workers,
             multiprocessing_context=cfg.multiprocessing_context,
             prefetch_factor=cfg.prefetch_factor,
         )
-        yield from loader
+        yield from _damage.drop_skipped(iter(loader), self.skipped, store.where)
 
     def __iter__(self) -> Iterator[PoolBatch]:
         start = self._step if self._step < len(self) else 0

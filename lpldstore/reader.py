@@ -12,6 +12,7 @@ import numpy.typing as npt
 import zarr
 from zarr.abc.store import Store
 
+from lpldstore import _guard
 from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays
 from lpldstore._storage import StoreLike, is_url, open_root, open_zarr_store
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
@@ -73,6 +74,7 @@ class LabelStore:
     def __init__(self, store: Store, where: str) -> None:
         self._store = store
         self.where = where
+        _guard.check_store_metadata(store, where)  # codecs and dtypes allow-listed before zarr parses them
         root = open_root(store, where)
         self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
         self._arrays = check_arrays(root, self.attrs, where)
@@ -127,7 +129,7 @@ class LabelStore:
         """Which entries are committed (re-read on every call: writers may be at work)."""
         try:
             return np.asarray(self._arrays["pool/committed"][:], dtype=bool)
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the commit flags", exc) from exc
 
     @property
@@ -138,16 +140,18 @@ class LabelStore:
 
     def images(self) -> npt.NDArray[np.uint8]:
         """All images, uint8 (N, H, W, 3)."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/pixels"], "the images")
         try:
             return np.asarray(self._arrays["images/pixels"][:])
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the images", exc) from exc
 
     def labels(self) -> npt.NDArray[np.int64]:
         """The hard class label of every image."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/labels"], "the image labels")
         try:
             return np.asarray(self._arrays["images/labels"][:], dtype=np.int64)
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the image labels", exc) from exc
 
     # -- entries -------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ class LabelStore:
         n = self.plan.batch_length(batch)
         try:
             logits = np.asarray(self._arrays["pool/logits"][position])
-        except ValueError as exc:
+        except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         # A missing chunk reads as the NaN fill value: real logits are always finite.
         if not np.isfinite(logits[:n]).all():
@@ -209,13 +213,19 @@ class LabelStore:
                     f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}."
                 )
         read: dict[str, npt.NDArray[Any]] = {}
-        for name in (*ENTRY_ARRAYS, "committed"):
+        # Flags first: data is written before its flag, so data read after a set flag is complete.
+        for name in ("committed", *ENTRY_ARRAYS):
             array = self._arrays[f"pool/{name}"]
             try:
                 # One orthogonal read per array: zarr fetches the needed chunks concurrently.
                 read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
-            except ValueError as exc:
-                raise _damaged(self.where, f"pool/{name}", exc) from exc
+            except _guard.READ_ERRORS as exc:
+                raise _damaged(
+                    self.where, f"pool/{name} of {_guard.describe(self.plan.kept_keys[pos])}", exc
+                ) from exc
+        _guard.check_flip_chunks(
+            self.where, self._arrays["pool/flip"], pos, read["committed"], self.plan.kept_keys[pos]
+        )
         return EntryMetadata(
             positions=pos,
             keys=self.plan.kept_keys[pos],
@@ -256,6 +266,9 @@ def _check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
         )
     if sorted(entry.mix_index.tolist()) != list(range(n)) or not np.isfinite(entry.mix_lam):
         raise StoreDamagedError(f"{name}: the CutMix record is damaged or missing.")
+    # A missing crop or CutMix-box chunk reads as its fill value -1, never a stored coordinate.
+    if (n and (entry.crops.min() < 0 or entry.crops[:, 2:].min() < 1)) or entry.mix_box.min() < 0:
+        raise StoreDamagedError(f"{name}: the crop boxes or the CutMix box are damaged or missing.")
 
 
 def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +24,17 @@ from lpldstore.config import DatasetInfo, RelabelConfig
 from lpldstore.plan import PruningPlan
 from lpldstore.writer import StoreWriter
 
-__all__ = ["fake_entry", "fake_images", "fill", "make_store"]
+__all__ = [
+    "DAMAGE_KINDS",
+    "damage_file",
+    "different_entries",
+    "fake_entry",
+    "fake_images",
+    "fill",
+    "kill_at",
+    "make_store",
+    "spawn",
+]
 
 
 def fake_images(
@@ -97,6 +109,78 @@ def fill(writer: StoreWriter, *, seed: int = 0, limit: int | None = None, delay:
     return done
 
 
+def spawn(command: str, store: str | os.PathLike[str], *args: str) -> subprocess.Popen[bytes]:
+    """Run ``python -m lpldstore.testing COMMAND STORE ARGS`` in a new process."""
+    cmd = [sys.executable, "-m", "lpldstore.testing", command, os.fspath(store), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_at(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """SIGKILL ``proc`` after ``seconds`` unless it ends first; True if it was killed."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+    return False
+
+
+def different_entries(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> list[str]:
+    """Where two stores differ, entry by entry (commit flags, every array, lambda); [] if equal."""
+    from lpldstore.reader import open_store
+
+    found: list[str] = []
+    with open_store(a) as sa, open_store(b) as sb:
+        if not np.array_equal(sa.keys, sb.keys):
+            return ["the stores have different entry keys"]
+        if not np.array_equal(sa.images(), sb.images()) or not np.array_equal(sa.labels(), sb.labels()):
+            found.append("images or labels differ")
+        ca, cb = sa.committed(), sb.committed()
+        for pos in range(sa.num_entries):
+            if ca[pos] != cb[pos]:
+                found.append(f"position {pos}: committed {bool(ca[pos])} vs {bool(cb[pos])}")
+                continue
+            if not ca[pos]:
+                continue
+            ea, eb = sa.entry_at(pos), sb.entry_at(pos)
+            for field in ("indices", "crops", "flips", "mix_index", "mix_box", "logits"):
+                if not np.array_equal(getattr(ea, field), getattr(eb, field)):
+                    found.append(f"position {pos}: {field} differ")
+            if ea.mix_lam != eb.mix_lam:
+                found.append(f"position {pos}: mix_lam differs")
+    return found
+
+
+DAMAGE_KINDS = ("flip", "truncate", "delete")
+
+
+def damage_file(path: str | os.PathLike[str], kind: str, rng: np.random.Generator) -> str:
+    """Damage one file of a store: flip one random byte, cut it short at a random length, or delete it.
+
+    Returns a description of what was done. A truncation always removes at least one byte.
+    """
+    target = os.fspath(path)
+    if kind == "delete":
+        os.remove(target)
+        return "deleted"
+    with open(target, "rb") as f:
+        data = bytearray(f.read())
+    if kind == "flip":
+        at = int(rng.integers(0, len(data)))
+        data[at] ^= int(rng.integers(1, 256))
+        done = f"byte {at} of {len(data)} flipped"
+    elif kind == "truncate":
+        keep = int(rng.integers(0, len(data)))
+        del data[keep:]
+        done = f"truncated to {keep} bytes"
+    else:
+        raise ValueError(f"Expected a damage kind in {DAMAGE_KINDS}. Got {kind!r} instead.")
+    with open(target, "wb") as f:
+        f.write(bytes(data))
+    return done
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lpldstore.testing")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,7 +191,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--delay", type=float, default=0.0, help="seconds to sleep after each entry")
     cmd.add_argument("--commit-every", type=int, default=None)
+    make = sub.add_parser(
+        "create", help="create an empty store of fake images (for interrupted-create tests)"
+    )
+    make.add_argument("store")
+    make.add_argument("--images", type=int, default=64)
+    make.add_argument("--size", type=int, default=12, help="images are SIZE x SIZE")
+    make.add_argument("--batch-size", type=int, default=4)
+    make.add_argument("--epochs", type=int, default=4)
+    make.add_argument("--block", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.command == "create":
+        plan = PruningPlan(
+            num_images=args.images, batch_size=args.batch_size, epochs=args.epochs, ratio=2, strategy="random"
+        )
+        from lpldstore._schema import Layout
+
+        make_store(
+            args.store, plan=plan, image_hw=(args.size, args.size), layout=Layout(block_entries=args.block)
+        ).close()
+        return 0
     with StoreWriter.open(args.store, part=(args.rank, args.world), commit_every=args.commit_every) as writer:
         fill(writer, seed=args.seed, delay=args.delay)
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lpldstore._guard import READ_ERRORS, missing_block_chunks, stale_array_metadata
 from lpldstore._schema import ENTRY_ARRAYS, images_digest
 from lpldstore._storage import StoreLike
 from lpldstore.errors import LpldStoreError
@@ -61,6 +62,7 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
     with store:
         problems: list[Problem] = []
         _check_zip(source, problems)
+        problems.extend(Problem(a, m) for a, m in stale_array_metadata(store.zarr_store, store.where))
         committed = _check_pool(store, problems)
         _check_images(store, problems)
         return VerifyReport(store.where, store.num_entries, int(committed.sum()), tuple(problems))
@@ -69,7 +71,7 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
 def _read(store: LabelStore, path: str, span: slice, problems: list[Problem]) -> npt.NDArray[Any] | None:
     try:
         return np.asarray(store.array(path)[span])
-    except (ValueError, OSError) as exc:
+    except READ_ERRORS as exc:
         keys = store.keys[span]
         problems.extend(Problem(path, f"unreadable chunk ({exc})", int(e), int(b)) for e, b in keys)
         return None
@@ -93,6 +95,15 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
                         Problem("pool/key", f"stored key {tuple(got.tolist())} != planned", int(e), int(b))
                     )
         rows = {name: _read(store, f"pool/{name}", span, problems) for name in ENTRY_ARRAYS}
+        if flags.any():  # a committed entry's chunks were all written: absent means lost
+            for name in ENTRY_ARRAYS:
+                if missing_block_chunks(store.array(f"pool/{name}"), start // block):
+                    problems.extend(
+                        Problem(f"pool/{name}", "chunk missing (reads as fill value)", int(e), int(b))
+                        for (e, b), done in zip(keys, flags, strict=True)
+                        if done
+                    )
+                    rows[name] = None
         for i, (e, b) in enumerate(keys):
             epoch, batch = int(e), int(b)
             if not flags[i]:
@@ -142,7 +153,7 @@ def _check_logits(store: LabelStore, pos: int, epoch: int, batch: int, problems:
     n = store.plan.batch_length(batch)
     try:
         logits = np.asarray(store.array("pool/logits")[pos])
-    except (ValueError, OSError) as exc:
+    except READ_ERRORS as exc:
         problems.append(Problem("pool/logits", f"unreadable chunk ({exc})", epoch, batch))
         return
     if np.isnan(logits[:n]).all():
@@ -158,7 +169,7 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
     for start in range(0, store.dataset.num_images, step):
         try:
             pixels_array[start : start + step]
-        except (ValueError, OSError) as exc:
+        except READ_ERRORS as exc:
             problems.append(
                 Problem("images/pixels", f"unreadable chunk of images {start}..{start + step - 1} ({exc})")
             )
@@ -170,7 +181,12 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
         return
     if labels.size and (labels.min() < 0 or labels.max() >= store.dataset.num_classes):
         problems.append(Problem("images/labels", f"labels outside [0, {store.dataset.num_classes})"))
-    if ok and images_digest(store.images(), labels) != store.dataset.images_sha256:
+    try:
+        pixels = store.images() if ok else None
+    except LpldStoreError as exc:  # a missing chunk: reads as zeros, so the reader refuses it
+        problems.append(Problem("images/pixels", str(exc)))
+        return
+    if pixels is not None and images_digest(pixels, labels) != store.dataset.images_sha256:
         problems.append(Problem("images", "SHA-256 of images and labels differs from dataset.images_sha256"))
 
 
