@@ -27,7 +27,7 @@ import dataclasses
 import math
 import types
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -64,7 +64,21 @@ MAX_BATCH = int(np.iinfo(np.int16).max)
 
 Stage = Literal["source", "uint8", "float"]
 DrawFn = Callable[[np.random.Generator, RelabelConfig, BatchGeometry], dict[str, npt.NDArray[Any]]]
-KernelFn = Callable[[torch.Tensor, Mapping[str, npt.NDArray[Any]], RelabelConfig], torch.Tensor]
+
+
+class KernelFn(Protocol):
+    """``kernel(x, arrays, relabel, *, inplace=False) -> tensor``; writes into ``x`` only when ``inplace``."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        relabel: RelabelConfig,
+        *,
+        inplace: bool = False,
+    ) -> torch.Tensor: ...
+
+
 CheckFn = Callable[[Mapping[str, npt.NDArray[Any]], BatchGeometry], None]
 
 
@@ -421,9 +435,10 @@ def apply_params(
     validate_params(params, (images.shape[1], images.shape[2]), relabel.output_size)
     arrays = params.to_arrays()
     x = images
-    normalized = False
+    # Every kernel returns a new tensor, so after the first one the batch is ours to modify.
+    owned = normalized = False
     for spec in _active(params):
         if spec.stage == "float" and not normalized:
             x, normalized = ops.to_normalized_float(x, tuple(mean), tuple(std)), True
-        x = spec.kernel(x, arrays, relabel)
+        x, owned = spec.kernel(x, arrays, relabel, inplace=owned), True
     return x if normalized else ops.to_normalized_float(x, tuple(mean), tuple(std))

@@ -311,6 +311,9 @@ def _check_kernel(spec_name: str, device: str) -> None:
             assert torch.equal(spec.kernel(x[i : i + 1], one, relabel), out[i : i + 1])
         empty = {a.name: arrays[a.name][:0] for a in spec.arrays}
         assert spec.kernel(x[:0], empty, relabel).shape == (0, 3, 24, 20)
+    # inplace=True (apply_params on its own intermediates) gives the same values.
+    mine = x.clone()
+    assert torch.equal(spec.kernel(mine, arrays, relabel, inplace=True), out)
 
 
 @pytest.mark.parametrize("spec_name", list(REGISTRY))
@@ -495,6 +498,15 @@ def test_apply_order_crop_flip_normalize_cutmix() -> None:
     x = (x.float() * (1 / 255) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     x = ops.cutmix_kernel(x, arrays, relabel)
     assert torch.equal(apply_params(images, params, relabel, MEAN, STD), x)
+
+
+def test_normalization_matches_torchvision_for_every_uint8_value() -> None:
+    x = torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16)
+    expected = tvf.normalize(tvf.to_dtype(x, torch.float32, scale=True), mean=list(MEAN), std=list(STD))
+    assert torch.equal(ops.to_normalized_float(x, MEAN, STD), expected)
+    assert torch.equal(x, torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16))
+    with pytest.raises(ValidationError, match="Expected a uint8 batch before normalization"):
+        ops.to_normalized_float(expected, MEAN, STD)
 
 
 def test_geometry_record() -> None:
