@@ -74,6 +74,7 @@ class KernelFn(Protocol):
         x: torch.Tensor,
         arrays: Mapping[str, npt.NDArray[Any]],
         relabel: RelabelConfig,
+        /,
         *,
         inplace: bool = False,
     ) -> torch.Tensor: ...
