@@ -56,7 +56,7 @@ from lpldstore._storage import StoreLike
 from lpldstore.augment import AugmentParams, apply_params, check_kernel_name
 from lpldstore.errors import ConfigError, EntryError
 from lpldstore.plan import PruningPlan
-from lpldstore.reader import Entry, LabelStore, _check_entry_sane, open_store
+from lpldstore.reader import Entry, EntryMetadata, LabelStore, check_entry_sane, open_store
 
 __all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "Policy", "epoch_schedule"]
 
@@ -181,34 +181,37 @@ class _Replayer:
         self._store = None
         self._pid = None
 
-    def replay(self, meta: _EpochMeta, step: int) -> dict[str, torch.Tensor]:
+    def replay(self, epoch: _EpochSteps, step: int) -> dict[str, torch.Tensor]:
         store = self._open()
         assert self.images is not None
-        epoch, batch = (int(v) for v in meta.keys[step])
-        n = int(meta.lengths[step])
+        meta, row = epoch.meta, int(epoch.rows[step])
+        key, position = meta.keys[row], int(meta.positions[row])
+        n = int(epoch.lengths[row])
         entry = Entry(
-            epoch=epoch,
-            batch=batch,
-            position=int(meta.positions[step]),
-            indices=meta.indices[step, :n].astype(np.int64),
-            crops=meta.crops[step, :n].astype(np.int64),
-            flips=meta.flips[step, :n],
-            mix_index=meta.mix_index[step, :n].astype(np.int64),
-            mix_lam=float(meta.mix_lam[step]),
-            mix_box=meta.mix_box[step].astype(np.int64),
+            epoch=int(key[0]),
+            batch=int(key[1]),
+            position=position,
+            indices=meta.indices[row, :n],
+            crops=meta.crops[row, :n],
+            flips=meta.flips[row, :n],
+            mix_index=meta.mix_index[row, :n],
+            mix_lam=float(meta.mix_lam[row]),
+            mix_box=meta.mix_box[row],
             # Only the logits are read per step: one chunk, checked finite by the reader.
-            logits=store.logits_at(int(meta.positions[step]))[:n],
+            logits=store.logits_at(position)[:n],
         )
         # The reader's own checks, so a damaged small-array chunk fails as it does in entry_at.
-        _check_entry_sane(
-            entry, store.dataset.num_images, f"{store.where}: entry (epoch={epoch}, batch={batch})"
+        check_entry_sane(
+            entry,
+            store.dataset.num_images,
+            f"{store.where}: entry (epoch={entry.epoch}, batch={entry.batch})",
         )
         params = AugmentParams(
             crops=entry.crops.astype(np.int32),
             flips=entry.flips,
             mix_index=entry.mix_index,
             mix_lam=entry.mix_lam,
-            mix_box=tuple(int(v) for v in entry.mix_box),  # type: ignore[arg-type]
+            mix_box=tuple(entry.mix_box.tolist()),
         )
         index = torch.from_numpy(entry.indices).to(self.device)
         info = store.dataset
@@ -223,7 +226,9 @@ class _Replayer:
         out = {
             "images": images,
             "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
-            "keys": torch.tensor([[epoch, batch]], dtype=torch.int64, device=self.device).repeat(n, 1),
+            "keys": torch.tensor([[entry.epoch, entry.batch]], dtype=torch.int64, device=self.device).repeat(
+                n, 1
+            ),
         }
         if self.labels is not None:
             out["labels"] = self.labels.index_select(0, index)
@@ -231,60 +236,45 @@ class _Replayer:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class _EpochMeta:
-    """The small arrays of an epoch's steps (one row per step, repeats included), compact dtypes."""
+class _EpochSteps:
+    """An epoch's steps: the reader's metadata of the distinct entries it visits, read once, and
+    each step's row in it (an ``ilp`` epoch repeats entries)."""
 
-    positions: npt.NDArray[np.int64]
-    keys: npt.NDArray[np.int64]
-    lengths: npt.NDArray[np.int64]
-    indices: npt.NDArray[np.int32]
-    crops: npt.NDArray[np.int16]
-    flips: npt.NDArray[np.bool_]
-    mix_index: npt.NDArray[np.int16]
-    mix_lam: npt.NDArray[np.float32]
-    mix_box: npt.NDArray[np.int16]
+    meta: EntryMetadata
+    rows: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]  # real images per row of meta
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.rows)
 
 
-def _read_epoch_meta(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochMeta:
+def _read_epoch(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochSteps:
     """One vectorised read per small array for all of an epoch's steps."""
-    unique, inverse = np.unique(positions, return_inverse=True)
-    plan, where = store.plan, store.where
+    unique, rows = np.unique(positions, return_inverse=True)
     meta = store.metadata(unique)
     if not meta.committed.all():
         epoch, batch = meta.keys[int(np.flatnonzero(~meta.committed)[0])]
         raise EntryError(
-            f"{where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not finished it. "
-            "Train once the store is complete (`lpldstore verify`)."
+            f"{store.where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not "
+            "finished it. Train once the store is complete (`lpldstore verify`)."
         )
-    keys = plan.kept_keys[positions]
-    return _EpochMeta(
-        positions=np.asarray(positions, dtype=np.int64),
-        keys=keys,
-        lengths=np.array([plan.batch_length(int(b)) for b in keys[:, 1]], dtype=np.int64),
-        indices=meta.indices[inverse].astype(np.int32),
-        crops=meta.crops[inverse].astype(np.int16),
-        flips=meta.flips[inverse],
-        mix_index=meta.mix_index[inverse].astype(np.int16),
-        mix_lam=meta.mix_lam[inverse],
-        mix_box=meta.mix_box[inverse].astype(np.int16),
-    )
+    plan = store.plan
+    lengths = np.array([plan.batch_length(int(b)) for b in meta.keys[:, 1]], dtype=np.int64)
+    return _EpochSteps(meta=meta, rows=rows.astype(np.int64).reshape(-1), lengths=lengths)
 
 
 class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Map-style dataset over the steps of one epoch: item ``i`` replays step ``i``."""
 
-    def __init__(self, replayer: _Replayer, meta: _EpochMeta) -> None:
+    def __init__(self, replayer: _Replayer, epoch: _EpochSteps) -> None:
         self.replayer = replayer
-        self.meta = meta
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.meta)
+        return len(self.epoch)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return self.replayer.replay(self.meta, step)
+        return self.replayer.replay(self.epoch, step)
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -407,15 +397,15 @@ class PoolLoader:
         cfg = self.config
         # A short-lived handle: none may be open in this process when the workers fork.
         with open_store(self.source) as store:
-            meta = _read_epoch_meta(store, positions)
+            steps = _read_epoch(store, positions)
             if self._replayer.images is None:
                 self._load_images(store)
         if cfg.device is not None or cfg.num_workers == 0:
-            for step in range(len(meta)):
-                yield self._replayer.replay(meta, step)
+            for step in range(len(steps)):
+                yield self._replayer.replay(steps, step)
             return
         loader = torch.utils.data.DataLoader(
-            _StepDataset(self._replayer, meta),
+            _StepDataset(self._replayer, steps),
             batch_size=None,
             shuffle=False,
             num_workers=cfg.num_workers,
