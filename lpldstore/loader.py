@@ -13,13 +13,15 @@ of seed and epoch; policies in :mod:`lpldstore._schedule`). A step reads one ent
 images by the stored indices, replays the stored crop/flip/CutMix with
 :func:`~lpldstore.augment.apply_params` and decodes the logits to float32.
 
-Workers and memory: the loader is a map-style ``Dataset`` over the epoch's steps
-(``batch_size=None``). Each process opens the store itself on first use (keyed by its pid, so no
-handle, ZipStore included, crosses a fork). The distilled images (uint8, small: IPC50 of
-ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) are read once by the main process
-into shared memory that all workers map; a worker holds only the batches in flight. The
-epoch's small arrays are read once per epoch by the main process (one vectorised read per array)
-and handed to the workers; logits are read per step, so memory does not grow with the pool.
+Workers and memory: the loader is a map-style ``Dataset`` whose indices are steps
+(``batch_size=None``): one ``DataLoader`` with persistent workers serves every epoch, its sampler
+yielding the current epoch's steps, each carrying its entry's small arrays (a few KB). Each
+process opens the store itself on first use (keyed by its pid, so no handle, ZipStore included,
+is used across a fork). The distilled images (uint8, small: IPC50 of ImageNet-1K at 224 px is
+7.5 GB, CIFAR-100 IPC50 is 15 MB) are read once by the main process into shared memory that all
+workers map; a worker holds only the steps and batches in flight. The epoch's small arrays are
+read once per epoch by the main process (one vectorised read per array); logits are read per
+step, so memory does not grow with the pool.
 
 Device path: ``device=torch.device("cuda")`` puts the images on that device once and replays
 there in the main process (no workers). On CPU the same code runs, giving the same tensors as the
@@ -74,8 +76,9 @@ class LoaderConfig:
     batch_size, drop_last
         Training batch size (None: one stored batch per step) and whether to drop the last short
         batch of an epoch when cutting.
-    num_workers, multiprocessing_context, prefetch_factor
-        Passed to ``torch.utils.data.DataLoader``.
+    num_workers, multiprocessing_context, prefetch_factor, persistent_workers
+        Passed to ``torch.utils.data.DataLoader``; by default the workers live from the first epoch
+        to :meth:`PoolLoader.close`, so no epoch pays for starting them or opening the store.
     device
         Replay on this device in the main process (needs ``num_workers=0``).
     labels
@@ -94,6 +97,7 @@ class LoaderConfig:
     num_workers: int = 0
     multiprocessing_context: StartMethod | None = None
     prefetch_factor: int | None = None
+    persistent_workers: bool = True
     device: str | torch.device | None = None
     labels: bool = False
     rank: int | None = None
@@ -181,24 +185,21 @@ class _Replayer:
         self._store = None
         self._pid = None
 
-    def replay(self, epoch: _EpochSteps, step: int) -> dict[str, torch.Tensor]:
+    def replay(self, step: _Step) -> dict[str, torch.Tensor]:
         store = self._open()
         assert self.images is not None
-        meta, row = epoch.meta, int(epoch.rows[step])
-        key, position = meta.keys[row], int(meta.positions[row])
-        n = int(epoch.lengths[row])
         entry = Entry(
-            epoch=int(key[0]),
-            batch=int(key[1]),
-            position=position,
-            indices=meta.indices[row, :n],
-            crops=meta.crops[row, :n],
-            flips=meta.flips[row, :n],
-            mix_index=meta.mix_index[row, :n],
-            mix_lam=float(meta.mix_lam[row]),
-            mix_box=meta.mix_box[row],
+            epoch=step.epoch,
+            batch=step.batch,
+            position=step.position,
+            indices=step.indices,
+            crops=step.crops,
+            flips=step.flips,
+            mix_index=step.mix_index,
+            mix_lam=step.mix_lam,
+            mix_box=step.mix_box,
             # Only the logits are read per step: one chunk, checked finite by the reader.
-            logits=store.logits_at(position)[:n],
+            logits=store.logits_at(step.position)[: len(step.indices)],
         )
         # The reader's own checks, so a damaged small-array chunk fails as it does in entry_at.
         check_entry_sane(
@@ -223,6 +224,7 @@ class _Replayer:
             info.std,
             override_kernel=self.override_kernel,
         )
+        n = len(entry)
         out = {
             "images": images,
             "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
@@ -236,6 +238,21 @@ class _Replayer:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class _Step:
+    """What a worker needs to replay one step: the entry's small arrays (padding removed), a few KB."""
+
+    epoch: int
+    batch: int
+    position: int
+    indices: npt.NDArray[np.int64]
+    crops: npt.NDArray[np.int64]
+    flips: npt.NDArray[np.bool_]
+    mix_index: npt.NDArray[np.int64]
+    mix_lam: float
+    mix_box: npt.NDArray[np.int64]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
 class _EpochSteps:
     """An epoch's steps: the reader's metadata of the distinct entries it visits, read once, and
     each step's row in it (an ``ilp`` epoch repeats entries)."""
@@ -246,6 +263,21 @@ class _EpochSteps:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def step(self, i: int) -> _Step:
+        meta, row = self.meta, int(self.rows[i])
+        n = int(self.lengths[row])
+        return _Step(
+            epoch=int(meta.keys[row, 0]),
+            batch=int(meta.keys[row, 1]),
+            position=int(meta.positions[row]),
+            indices=meta.indices[row, :n],
+            crops=meta.crops[row, :n],
+            flips=meta.flips[row, :n],
+            mix_index=meta.mix_index[row, :n],
+            mix_lam=float(meta.mix_lam[row]),
+            mix_box=meta.mix_box[row],
+        )
 
 
 def _read_epoch(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochSteps:
@@ -264,17 +296,31 @@ def _read_epoch(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochSt
 
 
 class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """Map-style dataset over the steps of one epoch: item ``i`` replays step ``i``."""
+    """Map-style dataset whose indices are steps: ``dataset[step]`` replays that step."""
 
-    def __init__(self, replayer: _Replayer, epoch: _EpochSteps) -> None:
+    def __init__(self, replayer: _Replayer) -> None:
         self.replayer = replayer
-        self.epoch = epoch
+
+    def __getitem__(self, step: _Step) -> dict[str, torch.Tensor]:
+        return self.replayer.replay(step)
+
+
+class _EpochSampler(torch.utils.data.Sampler[_Step]):
+    """Yields the steps of the epoch set last, so one DataLoader (and its persistent workers)
+    serves every epoch: the workers receive each step's small arrays with its index and never
+    hold an epoch's metadata."""
+
+    def __init__(self) -> None:
+        self.epoch: _EpochSteps | None = None
 
     def __len__(self) -> int:
-        return len(self.epoch)
+        return 0 if self.epoch is None else len(self.epoch)
 
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return self.replayer.replay(self.epoch, step)
+    def __iter__(self) -> Iterator[_Step]:
+        epoch = self.epoch
+        if epoch is not None:
+            for i in range(len(epoch)):
+                yield epoch.step(i)
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -343,6 +389,13 @@ class PoolLoader:
         rank_share(np.zeros(0, dtype=np.int64), self.rank, self.world_size)  # validates rank/world_size
         self.device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
         self._replayer = _Replayer(source, self.device, cfg.override_kernel)
+        # Real images per stored batch index, looked up per step (len() is called every epoch).
+        self._batch_lengths = np.array(
+            [self.plan.batch_length(b) for b in range(self.plan.batches_per_epoch)], dtype=np.int64
+        )
+        # Built on the first iteration with workers and reused for every epoch after it.
+        self._sampler = _EpochSampler()
+        self._dataloader: torch.utils.data.DataLoader[dict[str, torch.Tensor]] | None = None
         self._seed = cfg.seed
         self._epoch = 0
         self._step = 0
@@ -370,8 +423,7 @@ class PoolLoader:
         return rank_share(full, self.rank, self.world_size)
 
     def _lengths(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        batches = self.plan.kept_keys[positions, 1]
-        return np.array([self.plan.batch_length(int(b)) for b in batches], dtype=np.int64)
+        return self._batch_lengths[self.plan.kept_keys[positions, 1]]
 
     def __len__(self) -> int:
         positions = self.positions()
@@ -395,24 +447,27 @@ class PoolLoader:
 
     def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
-        # A short-lived handle: none may be open in this process when the workers fork.
-        with open_store(self.source) as store:
-            steps = _read_epoch(store, positions)
-            if self._replayer.images is None:
-                self._load_images(store)
+        # The main process's own handle (workers never use it: the replayer reopens per pid).
+        store = self._replayer._open()
+        steps = _read_epoch(store, positions)
+        if self._replayer.images is None:
+            self._load_images(store)
         if cfg.device is not None or cfg.num_workers == 0:
-            for step in range(len(steps)):
-                yield self._replayer.replay(steps, step)
+            for i in range(len(steps)):
+                yield self._replayer.replay(steps.step(i))
             return
-        loader = torch.utils.data.DataLoader(
-            _StepDataset(self._replayer, steps),
-            batch_size=None,
-            shuffle=False,
-            num_workers=cfg.num_workers,
-            multiprocessing_context=cfg.multiprocessing_context,
-            prefetch_factor=cfg.prefetch_factor,
-        )
-        yield from loader
+        if self._dataloader is None:
+            self._dataloader = torch.utils.data.DataLoader(
+                _StepDataset(self._replayer),
+                batch_size=None,
+                sampler=self._sampler,
+                num_workers=cfg.num_workers,
+                multiprocessing_context=cfg.multiprocessing_context,
+                prefetch_factor=cfg.prefetch_factor,
+                persistent_workers=cfg.persistent_workers,
+            )
+        self._sampler.epoch = steps
+        yield from self._dataloader
 
     def __iter__(self) -> Iterator[PoolBatch]:
         start = self._step if self._step < len(self) else 0
@@ -460,7 +515,8 @@ class PoolLoader:
         self._step = state["step"]
 
     def close(self) -> None:
-        """Close the store handle of the main process (device path or num_workers=0)."""
+        """Stop the workers and close the store handle of the main process."""
+        self._dataloader = None  # its persistent iterator shuts the workers down when collected
         self._replayer.close()
 
     def __repr__(self) -> str:

@@ -208,6 +208,30 @@ def test_worker_count_and_start_method_do_not_change_batches(
     assert _same(_collect(loader), reference)
 
 
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-epoch"])
+def test_workers_serve_epoch_after_epoch_and_an_abandoned_epoch(store_path: Path, persistent: bool) -> None:
+    options: dict[str, Any] = {"policy": "ilp", "seed": 6, "steps_per_epoch": 5}
+    reference = PoolLoader(store_path, **options)
+    loader = PoolLoader(
+        store_path, num_workers=2, multiprocessing_context="fork", persistent_workers=persistent, **options
+    )
+    try:
+        for epoch in (0, 1):
+            reference.set_epoch(epoch)
+            loader.set_epoch(epoch)
+            assert _same(_collect(loader), _collect(reference))
+        # Leave epoch 2 after two batches; the next epoch still gets exactly its own batches.
+        loader.set_epoch(2)
+        iterator = iter(loader)
+        next(iterator), next(iterator)
+        del iterator
+        reference.set_epoch(3)
+        loader.set_epoch(3)
+        assert _same(_collect(loader), _collect(reference))
+    finally:
+        loader.close()
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 10])
 def test_micro_batches_cut_the_stored_batch_stream(store_path: Path, batch_size: int) -> None:
     whole = _cat(_collect(PoolLoader(store_path, policy="ilp", seed=4)))
