@@ -104,7 +104,8 @@ def build(root: Path, shape: Shape, peer_files: bool) -> tuple[Path, Path, Pruni
     if peer_files:
         (peer / "images").mkdir(parents=True)
         for i, img in enumerate(images):
-            Image.fromarray(img).save(peer / "images" / f"{i:06d}.jpg", quality=90)
+            # PIL's default JPEG quality, as a plain save() in the recover step gives.
+            Image.fromarray(img).save(peer / "images" / f"{i:06d}.jpg")
     with StoreWriter.create(
         store, plan=plan, images=images, labels=labels, dataset=dataset, relabel=relabel
     ) as writer:
