@@ -311,6 +311,17 @@ def cutout_kernel(
 # --- the fixed step between the uint8 and the float stages --------------------------------------
 
 
+def normalize_into(
+    out: torch.Tensor, x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    """``out[...] = to_normalized_float(x)`` computed in ``out`` (float32, x's shape), the same arithmetic:
+    the uint8 -> float32 copy is exact, then ``* (1/255)``, ``- mean``, ``/ std`` in place."""
+    if x.dtype != torch.uint8 or out.dtype != torch.float32 or out.shape != x.shape:
+        _fail("a uint8 batch and a float32 output of its shape", f"{x.dtype} {tuple(x.shape)} -> {out.dtype}")
+    out.copy_(x).mul_(1.0 / 255)
+    tvf.normalize(out, mean=list(mean), std=list(std), inplace=True)
+
+
 def to_normalized_float(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 -> float32: ``to_dtype(scale=True)`` (x * (1/255)) then ``normalize`` ((x - mean) / std)."""
     if x.dtype != torch.uint8:

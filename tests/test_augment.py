@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as tvf
 
 from lpldstore import _augment_ops as ops
+from lpldstore import augment as augment_module
 from lpldstore.augment import (
     KERNEL,
     REGISTRY,
@@ -507,6 +508,24 @@ def test_normalization_matches_torchvision_for_every_uint8_value() -> None:
     assert torch.equal(x, torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16))
     with pytest.raises(ValidationError, match="Expected a uint8 batch before normalization"):
         ops.to_normalized_float(expected, MEAN, STD)
+
+
+@pytest.mark.parametrize("extras", [(), ("cutout",)])
+def test_apply_in_chunks_of_samples_equals_whole_batch(monkeypatch: pytest.MonkeyPatch, extras: Any) -> None:
+    relabel = _relabel(seed=9)
+    images = _images(11)
+    params = draw_params(relabel, (37, 45), 11, 2, 5, extras=extras)
+    per_sample = 3 * 24 * 20 * 4
+    monkeypatch.setattr(augment_module, "_CHUNK_BYTES", 1 << 30)
+    whole = apply_params(images, params, relabel, MEAN, STD)
+    for rows in (1, 4, 11):
+        monkeypatch.setattr(augment_module, "_CHUNK_BYTES", rows * per_sample)
+        assert torch.equal(apply_params(images, params, relabel, MEAN, STD), whole)
+    out = torch.empty(2, 3, 24, 20)
+    ops.normalize_into(out, images[:2, :24, :20].permute(0, 3, 1, 2).contiguous(), MEAN, STD)
+    assert torch.equal(out, ops.to_normalized_float(images[:2, :24, :20].permute(0, 3, 1, 2), MEAN, STD))
+    with pytest.raises(ValidationError, match="a uint8 batch and a float32 output of its shape"):
+        ops.normalize_into(out, images[:1, :24, :20].permute(0, 3, 1, 2), MEAN, STD)
 
 
 def test_geometry_record() -> None:
