@@ -374,7 +374,7 @@ class PoolLoader:
             )
         self.config = config if config is not None else LoaderConfig(**options)
         self.source = source
-        # Read the metadata and close again: no handle may be open in this process when workers fork.
+        # Read the metadata and close again; the first iteration opens the handle this process keeps.
         with open_store(source) as store:
             self.plan: PruningPlan = store.plan
             check_kernel_name(
