@@ -25,7 +25,7 @@ M = TypeVar("M")
 
 
 class _Replays(Protocol):
-    def replay(self, meta: Any, step: int) -> dict[str, torch.Tensor]: ...
+    def replay(self, step: Any) -> dict[str, torch.Tensor]: ...
 
 
 class SkippingReplayer:
@@ -37,11 +37,11 @@ class SkippingReplayer:
     def __init__(self, inner: _Replays) -> None:
         self.inner = inner
 
-    def replay(self, meta: Any, step: int) -> dict[str, torch.Tensor]:
+    def replay(self, step: Any) -> dict[str, torch.Tensor]:
         try:
-            return self.inner.replay(meta, step)
+            return self.inner.replay(step)
         except StoreDamagedError:
-            return {_SKIPPED: torch.as_tensor(np.asarray(meta.keys[step], dtype=np.int64))}
+            return {_SKIPPED: torch.tensor([step.epoch, step.batch], dtype=torch.int64)}
 
 
 def drop_skipped(

@@ -27,7 +27,7 @@ import dataclasses
 import math
 import types
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -61,10 +61,28 @@ KERNEL = DEFAULT_KERNEL
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 # mix_index is stored as int16.
 MAX_BATCH = int(np.iinfo(np.int16).max)
+# Float bytes per chunk of samples that apply_params takes through the uint8 kernels and the
+# normalization on CPU: a few MB stays in cache (about 20% faster at 224 px than whole batches).
+_CHUNK_BYTES = 4 << 20
 
 Stage = Literal["source", "uint8", "float"]
 DrawFn = Callable[[np.random.Generator, RelabelConfig, BatchGeometry], dict[str, npt.NDArray[Any]]]
-KernelFn = Callable[[torch.Tensor, Mapping[str, npt.NDArray[Any]], RelabelConfig], torch.Tensor]
+
+
+class KernelFn(Protocol):
+    """``kernel(x, arrays, relabel, *, inplace=False) -> tensor``; writes into ``x`` only when ``inplace``."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        relabel: RelabelConfig,
+        /,
+        *,
+        inplace: bool = False,
+    ) -> torch.Tensor: ...
+
+
 CheckFn = Callable[[Mapping[str, npt.NDArray[Any]], BatchGeometry], None]
 
 
@@ -420,10 +438,29 @@ def apply_params(
         )
     validate_params(params, (images.shape[1], images.shape[2]), relabel.output_size)
     arrays = params.to_arrays()
-    x = images
-    normalized = False
-    for spec in _active(params):
-        if spec.stage == "float" and not normalized:
-            x, normalized = ops.to_normalized_float(x, tuple(mean), tuple(std)), True
-        x = spec.kernel(x, arrays, relabel)
-    return x if normalized else ops.to_normalized_float(x, tuple(mean), tuple(std))
+    active = _active(params)
+    uint8_specs = [s for s in active if s.stage != "float"]
+    float_specs = [s for s in active if s.stage == "float"]
+    n = params.n
+    rows = n
+    if images.device.type == "cpu" and all(a.scope == "sample" for s in uint8_specs for a in s.arrays):
+        # Sample-wise kernels (tested: a sample's output does not depend on the others) run a few
+        # samples at a time, so their float conversion and normalization stay in the CPU cache.
+        out_h, out_w = relabel.output_size
+        rows = max(1, _CHUNK_BYTES // (3 * out_h * out_w * 4))
+    out: torch.Tensor | None = None
+    for start in range(0, n, rows) if n else [0]:
+        part = slice(start, min(n, start + rows))
+        sub = {k: (v[part] if _ARRAYS[k].scope == "sample" else v) for k, v in arrays.items()}
+        x = images[part]
+        # Every kernel returns a new tensor, so after the first one the batch is ours to modify.
+        owned = False
+        for spec in uint8_specs:
+            x, owned = spec.kernel(x, sub, relabel, inplace=owned), True
+        if out is None:
+            out = torch.empty((n, *x.shape[1:]), dtype=torch.float32, device=x.device)
+        ops.normalize_into(out[part], x, tuple(mean), tuple(std))
+    assert out is not None
+    for spec in float_specs:
+        out = spec.kernel(out, arrays, relabel, inplace=True)
+    return out

@@ -13,13 +13,15 @@ of seed and epoch; policies in :mod:`lpldstore._schedule`). A step reads one ent
 images by the stored indices, replays the stored crop/flip/CutMix with
 :func:`~lpldstore.augment.apply_params` and decodes the logits to float32.
 
-Workers and memory: the loader is a map-style ``Dataset`` over the epoch's steps
-(``batch_size=None``). Each process opens the store itself on first use (keyed by its pid, so no
-handle, ZipStore included, crosses a fork). The distilled images (uint8, small: IPC50 of
-ImageNet-1K at 224 px is 7.5 GB, CIFAR-100 IPC50 is 15 MB) are read once by the main process
-into shared memory that all workers map; a worker holds only the batches in flight. The
-epoch's small arrays are read once per epoch by the main process (one vectorised read per array)
-and handed to the workers; logits are read per step, so memory does not grow with the pool.
+Workers and memory: the loader is a map-style ``Dataset`` whose indices are steps
+(``batch_size=None``): one ``DataLoader`` with persistent workers serves every epoch, its sampler
+yielding the current epoch's steps, each carrying its entry's small arrays (a few KB). Each
+process opens the store itself on first use (keyed by its pid, so no handle, ZipStore included,
+is used across a fork). The distilled images (uint8, small: IPC50 of ImageNet-1K at 224 px is
+7.5 GB, CIFAR-100 IPC50 is 15 MB) are read once by the main process into shared memory that all
+workers map; a worker holds only the steps and batches in flight. The epoch's small arrays are
+read once per epoch by the main process (one vectorised read per array); logits are read per
+step, so memory does not grow with the pool.
 
 Device path: ``device=torch.device("cuda")`` puts the images on that device once and replays
 there in the main process (no workers). On CPU the same code runs, giving the same tensors as the
@@ -57,7 +59,7 @@ from lpldstore._storage import StoreLike
 from lpldstore.augment import AugmentParams, apply_params, check_kernel_name
 from lpldstore.errors import ConfigError, EntryError
 from lpldstore.plan import PruningPlan
-from lpldstore.reader import Entry, LabelStore, _check_entry_sane, open_store
+from lpldstore.reader import Entry, EntryMetadata, LabelStore, check_entry_sane, open_store
 
 __all__ = ["LoaderConfig", "PoolBatch", "PoolLoader", "Policy", "epoch_schedule"]
 
@@ -75,8 +77,9 @@ class LoaderConfig:
     batch_size, drop_last
         Training batch size (None: one stored batch per step) and whether to drop the last short
         batch of an epoch when cutting.
-    num_workers, multiprocessing_context, prefetch_factor
-        Passed to ``torch.utils.data.DataLoader``.
+    num_workers, multiprocessing_context, prefetch_factor, persistent_workers
+        Passed to ``torch.utils.data.DataLoader``; by default the workers live from the first epoch
+        to :meth:`PoolLoader.close`, so no epoch pays for starting them or opening the store.
     device
         Replay on this device in the main process (needs ``num_workers=0``).
     labels
@@ -98,6 +101,7 @@ class LoaderConfig:
     num_workers: int = 0
     multiprocessing_context: StartMethod | None = None
     prefetch_factor: int | None = None
+    persistent_workers: bool = True
     device: str | torch.device | None = None
     labels: bool = False
     rank: int | None = None
@@ -186,34 +190,34 @@ class _Replayer:
         self._store = None
         self._pid = None
 
-    def replay(self, meta: _EpochMeta, step: int) -> dict[str, torch.Tensor]:
+    def replay(self, step: _Step) -> dict[str, torch.Tensor]:
         store = self._open()
         assert self.images is not None
-        epoch, batch = (int(v) for v in meta.keys[step])
-        n = int(meta.lengths[step])
         entry = Entry(
-            epoch=epoch,
-            batch=batch,
-            position=int(meta.positions[step]),
-            indices=meta.indices[step, :n].astype(np.int64),
-            crops=meta.crops[step, :n].astype(np.int64),
-            flips=meta.flips[step, :n],
-            mix_index=meta.mix_index[step, :n].astype(np.int64),
-            mix_lam=float(meta.mix_lam[step]),
-            mix_box=meta.mix_box[step].astype(np.int64),
+            epoch=step.epoch,
+            batch=step.batch,
+            position=step.position,
+            indices=step.indices,
+            crops=step.crops,
+            flips=step.flips,
+            mix_index=step.mix_index,
+            mix_lam=step.mix_lam,
+            mix_box=step.mix_box,
             # Only the logits are read per step: one chunk, checked finite by the reader.
-            logits=store.logits_at(int(meta.positions[step]))[:n],
+            logits=store.logits_at(step.position)[: len(step.indices)],
         )
         # The reader's own checks, so a damaged small-array chunk fails as it does in entry_at.
-        _check_entry_sane(
-            entry, store.dataset.num_images, f"{store.where}: entry (epoch={epoch}, batch={batch})"
+        check_entry_sane(
+            entry,
+            store.dataset.num_images,
+            f"{store.where}: entry (epoch={entry.epoch}, batch={entry.batch})",
         )
         params = AugmentParams(
             crops=entry.crops.astype(np.int32),
             flips=entry.flips,
             mix_index=entry.mix_index,
             mix_lam=entry.mix_lam,
-            mix_box=tuple(int(v) for v in entry.mix_box),  # type: ignore[arg-type]
+            mix_box=tuple(entry.mix_box.tolist()),
         )
         index = torch.from_numpy(entry.indices).to(self.device)
         info = store.dataset
@@ -225,10 +229,13 @@ class _Replayer:
             info.std,
             override_kernel=self.override_kernel,
         )
+        n = len(entry)
         out = {
             "images": images,
             "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
-            "keys": torch.tensor([[epoch, batch]], dtype=torch.int64, device=self.device).repeat(n, 1),
+            "keys": torch.tensor([[entry.epoch, entry.batch]], dtype=torch.int64, device=self.device).repeat(
+                n, 1
+            ),
         }
         if self.labels is not None:
             out["labels"] = self.labels.index_select(0, index)
@@ -236,60 +243,89 @@ class _Replayer:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
-class _EpochMeta:
-    """The small arrays of an epoch's steps (one row per step, repeats included), compact dtypes."""
+class _Step:
+    """What a worker needs to replay one step: the entry's small arrays (padding removed), a few KB."""
 
-    positions: npt.NDArray[np.int64]
-    keys: npt.NDArray[np.int64]
-    lengths: npt.NDArray[np.int64]
-    indices: npt.NDArray[np.int32]
-    crops: npt.NDArray[np.int16]
+    epoch: int
+    batch: int
+    position: int
+    indices: npt.NDArray[np.int64]
+    crops: npt.NDArray[np.int64]
     flips: npt.NDArray[np.bool_]
-    mix_index: npt.NDArray[np.int16]
-    mix_lam: npt.NDArray[np.float32]
-    mix_box: npt.NDArray[np.int16]
+    mix_index: npt.NDArray[np.int64]
+    mix_lam: float
+    mix_box: npt.NDArray[np.int64]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class _EpochSteps:
+    """An epoch's steps: the reader's metadata of the distinct entries it visits, read once, and
+    each step's row in it (an ``ilp`` epoch repeats entries)."""
+
+    meta: EntryMetadata
+    rows: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]  # real images per row of meta
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.rows)
+
+    def step(self, i: int) -> _Step:
+        meta, row = self.meta, int(self.rows[i])
+        n = int(self.lengths[row])
+        return _Step(
+            epoch=int(meta.keys[row, 0]),
+            batch=int(meta.keys[row, 1]),
+            position=int(meta.positions[row]),
+            indices=meta.indices[row, :n],
+            crops=meta.crops[row, :n],
+            flips=meta.flips[row, :n],
+            mix_index=meta.mix_index[row, :n],
+            mix_lam=float(meta.mix_lam[row]),
+            mix_box=meta.mix_box[row],
+        )
 
 
-def _read_epoch_meta(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochMeta:
+def _read_epoch(store: LabelStore, positions: npt.NDArray[np.int64]) -> _EpochSteps:
     """One vectorised read per small array for all of an epoch's steps."""
-    unique, inverse = np.unique(positions, return_inverse=True)
-    plan, where = store.plan, store.where
+    unique, rows = np.unique(positions, return_inverse=True)
     meta = store.metadata(unique)
     if not meta.committed.all():
         epoch, batch = meta.keys[int(np.flatnonzero(~meta.committed)[0])]
         raise EntryError(
-            f"{where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not finished it. "
-            "Train once the store is complete (`lpldstore verify`)."
+            f"{store.where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not "
+            "finished it. Train once the store is complete (`lpldstore verify`)."
         )
-    keys = plan.kept_keys[positions]
-    return _EpochMeta(
-        positions=np.asarray(positions, dtype=np.int64),
-        keys=keys,
-        lengths=np.array([plan.batch_length(int(b)) for b in keys[:, 1]], dtype=np.int64),
-        indices=meta.indices[inverse].astype(np.int32),
-        crops=meta.crops[inverse].astype(np.int16),
-        flips=meta.flips[inverse],
-        mix_index=meta.mix_index[inverse].astype(np.int16),
-        mix_lam=meta.mix_lam[inverse],
-        mix_box=meta.mix_box[inverse].astype(np.int16),
-    )
+    plan = store.plan
+    lengths = np.array([plan.batch_length(int(b)) for b in meta.keys[:, 1]], dtype=np.int64)
+    return _EpochSteps(meta=meta, rows=rows.astype(np.int64).reshape(-1), lengths=lengths)
 
 
 class _StepDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    """Map-style dataset over the steps of one epoch: item ``i`` replays step ``i``."""
+    """Map-style dataset whose indices are steps: ``dataset[step]`` replays that step."""
 
-    def __init__(self, replayer: _Replayer, meta: _EpochMeta) -> None:
+    def __init__(self, replayer: _Replayer) -> None:
         self.replayer = replayer
-        self.meta = meta
+
+    def __getitem__(self, step: _Step) -> dict[str, torch.Tensor]:
+        return self.replayer.replay(step)
+
+
+class _EpochSampler(torch.utils.data.Sampler[_Step]):
+    """Yields the steps of the epoch set last, so one DataLoader (and its persistent workers)
+    serves every epoch: the workers receive each step's small arrays with its index and never
+    hold an epoch's metadata."""
+
+    def __init__(self) -> None:
+        self.epoch: _EpochSteps | None = None
 
     def __len__(self) -> int:
-        return len(self.meta)
+        return 0 if self.epoch is None else len(self.epoch)
 
-    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        return self.replayer.replay(self.meta, step)
+    def __iter__(self) -> Iterator[_Step]:
+        epoch = self.epoch
+        if epoch is not None:
+            for i in range(len(epoch)):
+                yield epoch.step(i)
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -343,7 +379,7 @@ class PoolLoader:
             )
         self.config = config if config is not None else LoaderConfig(**options)
         self.source = source
-        # Read the metadata and close again: no handle may be open in this process when workers fork.
+        # Read the metadata and close again; the first iteration opens the handle this process keeps.
         with open_store(source) as store:
             self.plan: PruningPlan = store.plan
             check_kernel_name(
@@ -358,6 +394,13 @@ class PoolLoader:
         rank_share(np.zeros(0, dtype=np.int64), self.rank, self.world_size)  # validates rank/world_size
         self.device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
         self._replayer = _Replayer(source, self.device, cfg.override_kernel)
+        # Real images per stored batch index, looked up per step (len() is called every epoch).
+        self._batch_lengths = np.array(
+            [self.plan.batch_length(b) for b in range(self.plan.batches_per_epoch)], dtype=np.int64
+        )
+        # Built on the first iteration with workers and reused for every epoch after it.
+        self._sampler = _EpochSampler()
+        self._dataloader: torch.utils.data.DataLoader[dict[str, torch.Tensor]] | None = None
         self._seed = cfg.seed
         self._epoch = 0
         self._step = 0
@@ -386,8 +429,7 @@ class PoolLoader:
         return rank_share(full, self.rank, self.world_size)
 
     def _lengths(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        batches = self.plan.kept_keys[positions, 1]
-        return np.array([self.plan.batch_length(int(b)) for b in batches], dtype=np.int64)
+        return self._batch_lengths[self.plan.kept_keys[positions, 1]]
 
     def __len__(self) -> int:
         positions = self.positions()
@@ -411,30 +453,33 @@ class PoolLoader:
 
     def _stored_batches(self, positions: npt.NDArray[np.int64]) -> Iterator[dict[str, torch.Tensor]]:
         cfg = self.config
-        # A short-lived handle: none may be open in this process when the workers fork.
+        # The main process's own handle (workers never use it: the replayer reopens per pid).
+        store = self._replayer._open()
         self.skipped = []
-        with open_store(self.source) as store:
-            if cfg.skip_damaged:
-                positions, meta = _damage.read_meta_skipping(store, positions, _read_epoch_meta, self.skipped)
-            else:
-                meta = _read_epoch_meta(store, positions)
-            if self._replayer.images is None:
-                self._load_images(store)
+        if cfg.skip_damaged:
+            positions, steps = _damage.read_meta_skipping(store, positions, _read_epoch, self.skipped)
+        else:
+            steps = _read_epoch(store, positions)
+        if self._replayer.images is None:
+            self._load_images(store)
         replayer = _damage.SkippingReplayer(self._replayer) if cfg.skip_damaged else self._replayer
         if cfg.device is not None or cfg.num_workers == 0:
             yield from _damage.drop_skipped(
-                (replayer.replay(meta, step) for step in range(len(meta))), self.skipped, store.where
+                (replayer.replay(steps.step(i)) for i in range(len(steps))), self.skipped, store.where
             )
             return
-        loader = torch.utils.data.DataLoader(
-            _StepDataset(replayer, meta),  # type: ignore[arg-type]
-            batch_size=None,
-            shuffle=False,
-            num_workers=cfg.num_workers,
-            multiprocessing_context=cfg.multiprocessing_context,
-            prefetch_factor=cfg.prefetch_factor,
-        )
-        yield from _damage.drop_skipped(iter(loader), self.skipped, store.where)
+        if self._dataloader is None:
+            self._dataloader = torch.utils.data.DataLoader(
+                _StepDataset(replayer),  # type: ignore[arg-type]
+                batch_size=None,
+                sampler=self._sampler,
+                num_workers=cfg.num_workers,
+                multiprocessing_context=cfg.multiprocessing_context,
+                prefetch_factor=cfg.prefetch_factor,
+                persistent_workers=cfg.persistent_workers,
+            )
+        self._sampler.epoch = steps
+        yield from _damage.drop_skipped(iter(self._dataloader), self.skipped, store.where)
 
     def __iter__(self) -> Iterator[PoolBatch]:
         start = self._step if self._step < len(self) else 0
@@ -482,7 +527,8 @@ class PoolLoader:
         self._step = state["step"]
 
     def close(self) -> None:
-        """Close the store handle of the main process (device path or num_workers=0)."""
+        """Stop the workers and close the store handle of the main process."""
+        self._dataloader = None  # its persistent iterator shuts the workers down when collected
         self._replayer.close()
 
     def __repr__(self) -> str:

@@ -271,6 +271,16 @@ def _check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
         raise StoreDamagedError(f"{name}: the crop boxes or the CutMix box are damaged or missing.")
 
 
+def check_entry_sane(entry: Entry, num_images: int, name: str) -> None:
+    """Raise :class:`StoreDamagedError` if ``entry`` shows a missing or damaged small-array chunk.
+
+    The checks :meth:`LabelStore.entry_at` runs, for code that assembles entries from
+    :meth:`LabelStore.metadata` and :meth:`LabelStore.logits_at` (the pool loader). ``name``
+    prefixes the message.
+    """
+    _check_entry_sane(entry, num_images, name)
+
+
 def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:
     """Open a store for reading: a store directory, a ``.zip`` of one, or an fsspec URL.
 

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as tvf
 
 from lpldstore import _augment_ops as ops
+from lpldstore import augment as augment_module
 from lpldstore.augment import (
     KERNEL,
     REGISTRY,
@@ -311,6 +312,9 @@ def _check_kernel(spec_name: str, device: str) -> None:
             assert torch.equal(spec.kernel(x[i : i + 1], one, relabel), out[i : i + 1])
         empty = {a.name: arrays[a.name][:0] for a in spec.arrays}
         assert spec.kernel(x[:0], empty, relabel).shape == (0, 3, 24, 20)
+    # inplace=True (apply_params on its own intermediates) gives the same values.
+    mine = x.clone()
+    assert torch.equal(spec.kernel(mine, arrays, relabel, inplace=True), out)
 
 
 @pytest.mark.parametrize("spec_name", list(REGISTRY))
@@ -495,6 +499,33 @@ def test_apply_order_crop_flip_normalize_cutmix() -> None:
     x = (x.float() * (1 / 255) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     x = ops.cutmix_kernel(x, arrays, relabel)
     assert torch.equal(apply_params(images, params, relabel, MEAN, STD), x)
+
+
+def test_normalization_matches_torchvision_for_every_uint8_value() -> None:
+    x = torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16)
+    expected = tvf.normalize(tvf.to_dtype(x, torch.float32, scale=True), mean=list(MEAN), std=list(STD))
+    assert torch.equal(ops.to_normalized_float(x, MEAN, STD), expected)
+    assert torch.equal(x, torch.arange(256, dtype=torch.uint8).repeat(3, 1).view(1, 3, 16, 16))
+    with pytest.raises(ValidationError, match="Expected a uint8 batch before normalization"):
+        ops.to_normalized_float(expected, MEAN, STD)
+
+
+@pytest.mark.parametrize("extras", [(), ("cutout",)])
+def test_apply_in_chunks_of_samples_equals_whole_batch(monkeypatch: pytest.MonkeyPatch, extras: Any) -> None:
+    relabel = _relabel(seed=9)
+    images = _images(11)
+    params = draw_params(relabel, (37, 45), 11, 2, 5, extras=extras)
+    per_sample = 3 * 24 * 20 * 4
+    monkeypatch.setattr(augment_module, "_CHUNK_BYTES", 1 << 30)
+    whole = apply_params(images, params, relabel, MEAN, STD)
+    for rows in (1, 4, 11):
+        monkeypatch.setattr(augment_module, "_CHUNK_BYTES", rows * per_sample)
+        assert torch.equal(apply_params(images, params, relabel, MEAN, STD), whole)
+    out = torch.empty(2, 3, 24, 20)
+    ops.normalize_into(out, images[:2, :24, :20].permute(0, 3, 1, 2).contiguous(), MEAN, STD)
+    assert torch.equal(out, ops.to_normalized_float(images[:2, :24, :20].permute(0, 3, 1, 2), MEAN, STD))
+    with pytest.raises(ValidationError, match="a uint8 batch and a float32 output of its shape"):
+        ops.normalize_into(out, images[:1, :24, :20].permute(0, 3, 1, 2), MEAN, STD)
 
 
 def test_geometry_record() -> None:
