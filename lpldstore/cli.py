@@ -26,7 +26,7 @@ def info_dict(store: LabelStore) -> dict[str, Any]:
     kept_indices = None if plan.composition == "seeded" else store.metadata().indices
     return {
         "source": store.where,
-        "format_version": 1,
+        "format_version": store.attrs.format_version,
         "dataset": {
             "name": dataset.name,
             "num_classes": dataset.num_classes,

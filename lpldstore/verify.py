@@ -140,11 +140,14 @@ def _entry_problems(
 def _check_logits(store: LabelStore, pos: int, epoch: int, batch: int, problems: list[Problem]) -> None:
     n = store.plan.batch_length(batch)
     try:
-        logits = np.asarray(store.array("pool/logits")[pos])
+        raw = np.asarray(store.array("pool/logits")[pos])
+        logits = store.attrs.codec.codec(store.dataset.num_classes).decode(raw)
     except (ValueError, OSError) as exc:
         problems.append(Problem("pool/logits", f"unreadable chunk ({exc})", epoch, batch))
         return
-    if np.isnan(logits[:n]).all():
+    # Encoded codecs fill a missing chunk with 0xFF bytes, float16 with NaN.
+    missing = (raw[:n] == 255).all() if raw.dtype == np.uint8 else np.isnan(raw[:n]).all()
+    if missing:
         problems.append(Problem("pool/logits", "chunk missing (reads as fill value)", epoch, batch))
     elif not np.isfinite(logits[:n]).all():
         problems.append(Problem("pool/logits", "non-finite logits", epoch, batch))
