@@ -53,7 +53,7 @@ __all__ = [
 Tail = Literal["MR", "MS", "MRS"]
 # The decoded value of a logit that MR drops: exp(MR_TAIL / T) is exactly 0 in float32 for any
 # temperature below 1e27, yet the value stays finite, so sums and casts never produce NaN.
-MR_TAIL = -1.0e30
+MR_TAIL = float(np.float32(-1.0e30))  # exactly representable in float32
 _F32 = np.float32
 FloatArray = npt.NDArray[np.floating[Any]]
 
