@@ -190,7 +190,9 @@ class StoreAttrs:
                 raise FormatError(f"{where}: root attribute '{key}' is invalid: {exc}") from exc
         out = cls(**parsed, format_version=version)
         if version < 2 and out.codec != CodecConfig():
-            raise FormatError(f"{where}: format version 1 stores hold float16 logits; the codec says {out.codec}.")
+            raise FormatError(
+                f"{where}: format version 1 stores hold float16 logits; the codec says {out.codec}."
+            )
         out.check_consistent(where)
         return out
 
@@ -203,7 +205,9 @@ class StoreAttrs:
         try:
             self.codec.codec(self.dataset.num_classes)
         except ConfigError as exc:
-            raise FormatError(f"{where}: the codec does not fit {self.dataset.num_classes} classes: {exc}") from exc
+            raise FormatError(
+                f"{where}: the codec does not fit {self.dataset.num_classes} classes: {exc}"
+            ) from exc
 
 
 def create_arrays(group: zarr.Group, attrs: StoreAttrs) -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lpldstore.derive import add_commands as add_derive_commands
 from lpldstore.errors import LpldStoreError
 from lpldstore.reader import LabelStore, open_store
 from lpldstore.sizes import peer_layout_bytes, storage_bytes
@@ -53,6 +54,20 @@ def info_dict(store: LabelStore) -> dict[str, Any]:
         "codec": store.codec.to_dict(),
         "storage_bytes": storage_bytes(store),
         "peer_layout_bytes": peer_layout_bytes(plan, relabel, dataset.num_classes, kept_indices),
+    } | codec_info(store)
+
+
+def codec_info(store: LabelStore) -> dict[str, Any]:
+    """The codec part of ``info``: its name, bytes per entry and the fidelity the writer measured."""
+    sizes = storage_bytes(store)
+    fidelity = store.fidelity()
+    return {
+        "codec_label": store.codec.codec(store.dataset.num_classes).label(),
+        "bytes_per_entry": {
+            "logits": sizes["logits"] / store.num_entries,
+            "labels": (sizes["total"] - sizes["images"]) / store.num_entries,
+        },
+        "fidelity": None if fidelity is None else fidelity.to_dict(),
     }
 
 
@@ -77,7 +92,21 @@ def _print_info(info: dict[str, Any]) -> None:
         f"pruning     {p['strategy']} x{p['ratio']:g} (actual x{p['actual_ratio']:.2f}), seed {p['seed']}: "
         f"{p['entries_kept']} of {p['entries_planned']} entries kept, {p['entries_committed']} committed"
     )
-    print(f"codec       {info['codec']['name']}")
+    print(f"codec       {info.get('codec_label', info['codec']['name'])}")
+    if "bytes_per_entry" in info:
+        per = info["bytes_per_entry"]
+        print(f"            {per['logits']:,.0f} logits bytes/entry, {per['labels']:,.0f} label bytes/entry")
+        fid = info["fidelity"]
+        if fid is None:
+            print("fidelity    not measured")
+        else:
+            kl = "inf" if fid["kl"] is None else f"{fid['kl']:.4g}"
+            err = "unbounded" if fid["max_abs_error"] is None else f"{fid['max_abs_error']:.4g}"
+            print(
+                f"fidelity    at T={fid['temperature']:g} on {fid['rows']:,} rows: KL(orig||dec) {kl}, "
+                f"KL(dec||orig) {fid['kl_reverse']:.4g}, top-1 agreement {fid['top1_agreement']:.4f}, "
+                f"max |logit error| {err}"
+            )
     print()
     print(f"{'component':<16}{'bytes':>14}{'':>12}")
     for name, size in info["storage_bytes"].items():
@@ -130,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("store", help="store directory, .zip of one, or URL")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(run=_cmd_verify)
+    add_derive_commands(sub)
     return parser
 
 

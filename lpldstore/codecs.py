@@ -382,6 +382,8 @@ def codec_from_config(name: str, params: Mapping[str, Any], num_classes: int, te
         k = _param_int(name, params, "k", 1, max(1, num_classes - 1))
         tail = params.get("tail", "MR")
         if tail not in get_args(Tail):
-            raise ConfigError(f"codec 'topk': params.tail must be one of {get_args(Tail)}. Got {tail!r} instead.")
+            raise ConfigError(
+                f"codec 'topk': params.tail must be one of {get_args(Tail)}. Got {tail!r} instead."
+            )
         return TopKCodec(num_classes, k, tail, temperature)
     raise ConfigError(f"Unknown codec {name!r}; expected one of {sorted(CODECS)}.")

@@ -59,7 +59,9 @@ def _kl(logp: npt.NDArray[np.float64], logq: npt.NDArray[np.float64]) -> npt.NDA
     return np.asarray(terms.sum(axis=1))
 
 
-def fidelity_sums(original: npt.ArrayLike, decoded: npt.ArrayLike, temperature: float) -> npt.NDArray[np.float64]:
+def fidelity_sums(
+    original: npt.ArrayLike, decoded: npt.ArrayLike, temperature: float
+) -> npt.NDArray[np.float64]:
     """The :data:`FIDELITY_FIELDS` of ``decoded`` against ``original`` (both (rows, classes))."""
     x = np.asarray(original, dtype=np.float64)
     # The MR tail stands for minus infinity (a dropped class), not for a very wrong logit.

@@ -36,8 +36,8 @@ from zarr.storage import LocalStore
 from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays, create_arrays, images_digest
 from lpldstore._storage import consolidate, open_root
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
-from lpldstore.fidelity import fidelity_sums
 from lpldstore.errors import EntryError, StoreExistsError, ValidationError
+from lpldstore.fidelity import fidelity_sums
 from lpldstore.plan import PruningPlan
 
 __all__ = ["StoreWriter"]

@@ -39,7 +39,8 @@ def test_float16_is_exact(x: np.ndarray) -> None:
 def test_quantized_round_trip_within_bound(x: np.ndarray, bits: int, name: str) -> None:
     codec = codec_from_config(name, {"bits": bits}, x.shape[1], 20.0)
     stored = codec.encode(x)
-    assert stored.dtype == np.uint8 and stored.shape == (len(x), codec.row_size)
+    assert stored.dtype == np.uint8
+    assert stored.shape == (len(x), codec.row_size)
     decoded = codec.decode(stored)
     assert decoded.shape == x.shape
     assert (np.abs(decoded.astype(np.float64) - x) <= codec.error_bound(x)).all()
@@ -119,15 +120,20 @@ def test_codec_config_from_dict_and_default() -> None:
 def test_fidelity_of_exact_and_of_mr_decoding() -> None:
     x = np.array([[1.0, 2.0, 3.0, 4.0]])
     exact = fidelity_sums(x, x, 20.0)
-    assert exact[0] == pytest.approx(0, abs=1e-15) and exact[2] == 1 and exact[3] == 0
+    assert exact[0] == pytest.approx(0, abs=1e-15)
+    assert exact[2] == 1
+    assert exact[3] == 0
     mr = TopKCodec(4, 2, "MR")
     sums = fidelity_sums(x, mr.decode(mr.encode(x)), 20.0)
     p = np.exp(x[0] / 20) / np.exp(x[0] / 20).sum()
     assert np.isinf(sums[0])  # the dropped classes had probability: KL(original || decoded) = inf
     assert sums[1] == pytest.approx(-np.log(p[2:].sum()))  # KL(decoded || original) = -log(top-k mass)
     fid = summarize(np.stack([sums, exact]), 20.0)
-    assert fid is not None and fid.rows == 2 and fid.top1_agreement == 1.0
-    assert fid.to_dict()["kl"] is None and fid.to_dict()["max_abs_error"] is None
+    assert fid is not None
+    assert fid.rows == 2
+    assert fid.top1_agreement == 1.0
+    assert fid.to_dict()["kl"] is None
+    assert fid.to_dict()["max_abs_error"] is None
 
 
 CODEC_CASES = [
@@ -151,7 +157,8 @@ def test_store_decodes_each_codec(tmp_path: Path, codec: CodecConfig, sharded: b
         attrs = writer.attrs
     impl = codec.codec(6)
     with open_store(tmp_path / "s.zarr") as store:
-        assert store.codec == codec and store.attrs.format_version == 2
+        assert store.codec == codec
+        assert store.attrs.format_version == 2
         for pos, (e, b) in enumerate(plan.kept_keys.tolist()):
             raw = fake_entry(attrs.plan, attrs.dataset, attrs.relabel, e, b)["logits"]
             source = raw.astype(np.float16) if impl.lossless else raw
@@ -160,10 +167,12 @@ def test_store_decodes_each_codec(tmp_path: Path, codec: CodecConfig, sharded: b
             assert np.array_equal(entry.logits, expected)
             assert np.array_equal(store.logits_at(pos)[: len(raw)], expected)
         fid = store.fidelity()
-        assert fid is not None and fid.rows == sum(plan.batch_length(int(b)) for b in plan.kept_keys[:, 1])
+        assert fid is not None
+        assert fid.rows == sum(plan.batch_length(int(b)) for b in plan.kept_keys[:, 1])
         assert fid.temperature == codec.temperature
         if impl.lossless:
-            assert fid.kl < 1e-6 and fid.top1_agreement == 1.0
+            assert fid.kl < 1e-6
+            assert fid.top1_agreement == 1.0
     assert verify_store(tmp_path / "s.zarr").ok
 
 
@@ -176,11 +185,14 @@ def test_missing_encoded_chunk_reads_as_damage(tmp_path: Path) -> None:
     with open_store(tmp_path / "s.zarr") as store, pytest.raises(StoreDamagedError, match="missing"):
         store.logits_at(1)
     report = verify_store(tmp_path / "s.zarr")
-    assert not report.ok and any("chunk missing" in p.message for p in report.problems)
+    assert not report.ok
+    assert any("chunk missing" in p.message for p in report.problems)
 
 
 def test_codec_that_does_not_fit_the_classes_writes_nothing(tmp_path: Path) -> None:
     plan = PruningPlan(num_images=4, batch_size=2, epochs=2)
     with pytest.raises(ConfigError, match=r"params.k must be an integer in \[1, 4\]"):
-        make_store(tmp_path / "s.zarr", plan=plan, num_classes=5, codec=CodecConfig(name="topk", params={"k": 5}))
+        make_store(
+            tmp_path / "s.zarr", plan=plan, num_classes=5, codec=CodecConfig(name="topk", params={"k": 5})
+        )
     assert list(tmp_path.iterdir()) == []
