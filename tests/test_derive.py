@@ -68,7 +68,8 @@ def test_repruned_store_equals_one_written_directly(tmp_path: Path, strategy: st
         _assert_same_content(c, d)
         assert c.is_complete
         lineage = c.provenance.parents
-        assert lineage[0]["operation"] == "prune" and lineage[0]["source"] == str(parent)
+        assert lineage[0]["operation"] == "prune"
+        assert lineage[0]["source"] == str(parent)
         assert lineage[0]["plan"]["ratio"] == 1.5
     # Pruning twice records the whole lineage, nearest parent first.
     grandchild = prune(child, tmp_path / "grandchild.zarr", ratio=ratio * 2)
@@ -87,14 +88,17 @@ def test_recode_to_each_codec_and_back(tmp_path: Path) -> None:
     ):
         out = recode(parent, tmp_path / f"r{i}.zarr", codec=codec)
         with open_store(parent) as p, open_store(out) as r:
-            assert r.codec == codec and r.provenance.parents[0]["operation"] == "recode"
+            assert r.codec == codec
+            assert r.provenance.parents[0]["operation"] == "recode"
             impl = codec.codec(7)
             for pos in range(p.num_entries):
                 n = p.plan.batch_length(int(p.keys[pos, 1]))
                 src = p.logits_at(pos)[:n].astype(np.float32)
                 assert np.array_equal(r.logits_at(pos)[:n], impl.decode(impl.encode(src)))
             fid = r.fidelity()
-            assert fid is not None and fid.rows == 9 * 6 and 0 <= fid.kl_reverse < 0.1
+            assert fid is not None
+            assert fid.rows == 9 * 6
+            assert 0 <= fid.kl_reverse < 0.1
         assert verify_store(out).ok
     # float16 -> quantized -> float16 keeps the quantized values exactly (they fit float16 here).
     back = recode(tmp_path / "r0.zarr", tmp_path / "back.zarr", codec=CodecConfig())
@@ -136,7 +140,8 @@ def test_plan_for_budget_and_sizes() -> None:
     assert 10_000_000 + fitted.num_kept * per_entry <= budget < 10_000_000 + (fitted.num_kept + 1) * per_entry
     epoch_plan = PruningPlan(num_images=10_000, batch_size=128, epochs=300, strategy="epoch")
     fitted = plan_for_budget(epoch_plan, budget, fixed_bytes=0, entry_bytes=per_entry)
-    assert fitted.num_kept % 78 == 0 and fitted.num_kept * per_entry <= budget
+    assert fitted.num_kept % 78 == 0
+    assert fitted.num_kept * per_entry <= budget
 
 
 @pytest.mark.parametrize("text", ["", "12 parsecs", "-5MB", "0"])
@@ -195,7 +200,9 @@ def test_cli_prune_recode_and_info(tmp_path: Path, capsys: pytest.CaptureFixture
     capsys.readouterr()
     assert main(["info", str(tmp_path / "r.zarr")]) == 0
     out = capsys.readouterr().out
-    assert "topk(k=2, tail=MR)" in out and "bytes/entry" in out and "KL" in out
+    assert "topk(k=2, tail=MR)" in out
+    assert "bytes/entry" in out
+    assert "KL" in out
     assert main(["recode", str(parent), str(tmp_path / "x.zarr"), "--codec", "quantized:bits=9"]) == 2
     assert "params.bits must be an integer in [2, 8]" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()
