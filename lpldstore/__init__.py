@@ -11,7 +11,10 @@ from lpldstore.augment import (
     draw_params,
     validate_params,
 )
+from lpldstore.budget import entry_bytes_bound, parse_size, plan_for_budget
+from lpldstore.codecs import CODECS, Codec
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
+from lpldstore.derive import derive_store, prune, recode
 from lpldstore.errors import (
     ConfigError,
     EntryError,
@@ -23,6 +26,7 @@ from lpldstore.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
+from lpldstore.fidelity import Fidelity
 from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
 from lpldstore.plan import PruningPlan
 from lpldstore.reader import Entry, EntryMetadata, LabelStore, open_store
@@ -38,12 +42,15 @@ __all__ = [
     "REGISTRY",
     "AugmentParams",
     "AugmentSpec",
+    "CODECS",
+    "Codec",
     "CodecConfig",
     "ConfigError",
     "DatasetInfo",
     "Entry",
     "EntryError",
     "EntryMetadata",
+    "Fidelity",
     "FormatError",
     "LabelStore",
     "LoaderConfig",
@@ -67,10 +74,16 @@ __all__ = [
     "__version__",
     "apply_params",
     "check_kernel_name",
+    "derive_store",
     "draw_params",
+    "entry_bytes_bound",
     "epoch_schedule",
     "open_store",
+    "parse_size",
     "peer_layout_bytes",
+    "plan_for_budget",
+    "prune",
+    "recode",
     "storage_bytes",
     "validate_params",
     "verify_store",
