@@ -218,7 +218,11 @@ def prune(
         plan = plan_for_budget(base, limit, fixed_bytes=fixed, entry_bytes=per_entry)
         if kept is not None and plan.num_kept >= kept:
             # The estimate did not move: step down by one entry so the search always ends.
-            plan = plan_for_budget(base, limit, fixed_bytes=0, entry_bytes=limit / (kept - 1)) if kept > 1 else plan
+            plan = (
+                plan_for_budget(base, limit, fixed_bytes=0, entry_bytes=limit / (kept - 1))
+                if kept > 1
+                else plan
+            )
         path = derive_store(source, out, plan=plan, operation="prune")
         with open_store(path) as child:
             fixed, per_entry = _measured_sizes(child)
