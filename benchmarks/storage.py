@@ -439,7 +439,7 @@ def main() -> None:
         "machine": "2 shared CPU cores (other jobs running); timings are medians and indicative only",
         "command": "python benchmarks/storage.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}"
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
             if v not in (None, False) and k != "out"
         ),

