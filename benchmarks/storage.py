@@ -589,7 +589,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         kl = fid[label]["kl_reverse"]
         family = label.split("(")[0]
         marker = {"float16": "o", "quantized": "s", "quantized_entropy": "D", "topk": "^"}[family]
-        ax.scatter(size / 1e6, max(kl, 1e-9), marker=marker, label=family)
+        color = {"float16": "C0", "quantized": "C1", "quantized_entropy": "C2", "topk": "C3"}[family]
+        ax.scatter(size / 1e6, max(kl, 1e-9), marker=marker, color=color, label=family)
         ax.annotate(
             label.replace("quantized_entropy", "qe").replace("quantized", "q"),
             (size / 1e6, max(kl, 1e-9)),

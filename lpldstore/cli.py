@@ -95,7 +95,9 @@ def _print_info(info: dict[str, Any]) -> None:
     print(f"codec       {info.get('codec_label', info['codec']['name'])}")
     if "bytes_per_entry" in info:
         per = info["bytes_per_entry"]
-        print(f"            {per['logits']:,.0f} logits bytes/entry, {per['labels']:,.0f} label bytes/entry")
+        print(
+            f"            {per['logits']:,.0f} logits bytes/entry, {per['labels']:,.0f} label bytes/entry (metadata included)"
+        )
         fid = info["fidelity"]
         if fid is None:
             print("fidelity    not measured")

@@ -213,9 +213,12 @@ def prune(
             )
         limit = parse_size(budget)  # type: ignore[arg-type]
         fixed, per_entry = _measured_sizes(parent)
+        held = parent.plan
     kept: int | None = None
     for _ in range(16):
         plan = plan_for_budget(base, limit, fixed_bytes=fixed, entry_bytes=per_entry)
+        if plan.num_kept >= held.num_kept and plan.strategy == held.strategy:
+            plan = held  # the budget holds everything the parent has: keep it all
         if kept is not None and plan.num_kept >= kept:
             # The estimate did not move: step down by one entry so the search always ends.
             plan = (

@@ -128,6 +128,13 @@ def test_budget_prune_fits_and_keeps_the_most(tmp_path: Path) -> None:
     assert sizes["images"] + sizes["metadata"] + (kept + 1) * per_entry > budget * 0.9
 
 
+def test_budget_larger_than_the_parent_keeps_everything(tmp_path: Path) -> None:
+    parent = _write(tmp_path / "parent.zarr", PruningPlan.from_dict(PLAN.to_dict() | {"ratio": 2.0}))
+    out = prune(parent, tmp_path / "b.zarr", budget="1GB")
+    with open_store(parent) as p, open_store(out) as b:
+        _assert_same_content(p, b)
+
+
 def test_plan_for_budget_and_sizes() -> None:
     assert parse_size("100MB") == 100_000_000
     assert parse_size("1.5 GiB") == 3 * 2**29
