@@ -12,8 +12,11 @@ from lpldstore.augment import (
     draw_params,
     validate_params,
 )
+from lpldstore.budget import entry_bytes_bound, parse_size, plan_for_budget
 from lpldstore.card import store_card
+from lpldstore.codecs import CODECS, Codec
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
+from lpldstore.derive import derive_store, prune, recode
 from lpldstore.errors import (
     ArtifactError,
     ConfigError,
@@ -29,6 +32,7 @@ from lpldstore.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
+from lpldstore.fidelity import Fidelity
 from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
 from lpldstore.pack import pack_store, unpack_store
 from lpldstore.plan import PruningPlan
@@ -46,6 +50,8 @@ __all__ = [
     "ArtifactError",
     "AugmentParams",
     "AugmentSpec",
+    "CODECS",
+    "Codec",
     "CodecConfig",
     "ConfigError",
     "DamageWarning",
@@ -53,6 +59,7 @@ __all__ = [
     "Entry",
     "EntryError",
     "EntryMetadata",
+    "Fidelity",
     "FormatError",
     "InteropError",
     "LabelStore",
@@ -80,11 +87,17 @@ __all__ = [
     "apply_params",
     "check_against_teacher",
     "check_kernel_name",
+    "derive_store",
     "draw_params",
+    "entry_bytes_bound",
     "epoch_schedule",
     "open_store",
     "pack_store",
+    "parse_size",
     "peer_layout_bytes",
+    "plan_for_budget",
+    "prune",
+    "recode",
     "storage_bytes",
     "store_card",
     "unpack_store",

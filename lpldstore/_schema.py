@@ -1,4 +1,4 @@
-"""Format version 1: every group, array and attribute of a store, in one place.
+"""Format versions 1 and 2: every group, array and attribute of a store, in one place.
 
 ``docs/format.md`` is the prose version of this module; keep the two in step. Arrays are created
 at full shape once, when the store is created, and never resized.
@@ -21,7 +21,10 @@ from lpldstore.errors import ConfigError, FormatError, NotAStoreError, Unsupport
 from lpldstore.plan import PruningPlan
 
 FORMAT_NAME = "lpldstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 2 adds the logit codecs (pool/logits as encoded byte rows), codec.temperature and the
+# per-entry fidelity array; a version-1 store is a float16 store without pool/fidelity.
+FIDELITY_SINCE = 2
 
 # The ownership and commit unit of the pool: small per-entry arrays are chunked by block, so
 # writers owning disjoint blocks never touch the same file.
@@ -104,10 +107,25 @@ def _checksummed(*compressors: BytesBytesCodec) -> list[BytesBytesCodec]:
     return [*compressors, Crc32cCodec()]
 
 
-def logits_compressors(codec: CodecConfig) -> list[BytesBytesCodec]:
-    """Byte compressors of the logits array for a codec (format version 1: float16)."""
-    del codec  # only float16 in version 1
+def logits_compressors(codec: CodecConfig, num_classes: int = 1) -> list[BytesBytesCodec]:
+    """Byte compressors of the logits array for a codec (chosen by measurement, docs/codecs.md)."""
+    if codec.codec(num_classes).entropy_coded:
+        # One byte per code: zstd's entropy stage brings the bytes down to the codes' entropy.
+        return _checksummed(ZstdCodec(level=9))
     return _checksummed(BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"))
+
+
+def logits_spec(attrs: StoreAttrs) -> tuple[str, tuple[int, ...], Any]:
+    """dtype, trailing shape (after the entry axis) and fill value of ``pool/logits``."""
+    codec = attrs.codec.codec(attrs.dataset.num_classes)
+    return codec.dtype, (attrs.plan.batch_size, codec.row_size), codec.fill_value
+
+
+def fidelity_spec(attrs: StoreAttrs) -> tuple[int, ...] | None:
+    """Trailing shape of ``pool/fidelity`` (None: a version-1 store has none)."""
+    from lpldstore.fidelity import FIDELITY_FIELDS
+
+    return (len(FIDELITY_FIELDS),) if attrs.format_version >= FIDELITY_SINCE else None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,11 +138,12 @@ class StoreAttrs:
     codec: CodecConfig
     layout: Layout
     provenance: Provenance
+    format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "dataset": self.dataset.to_dict(),
             "plan": self.plan.to_dict(),
             "relabel": self.relabel.to_dict(),
@@ -169,7 +188,11 @@ class StoreAttrs:
                 parsed[key] = record.from_dict(attrs[key])
             except ConfigError as exc:
                 raise FormatError(f"{where}: root attribute '{key}' is invalid: {exc}") from exc
-        out = cls(**parsed)
+        out = cls(**parsed, format_version=version)
+        if version < 2 and out.codec != CodecConfig():
+            raise FormatError(
+                f"{where}: format version 1 stores hold float16 logits; the codec says {out.codec}."
+            )
         out.check_consistent(where)
         return out
 
@@ -179,6 +202,12 @@ class StoreAttrs:
                 f"{where}: plan.num_images ({self.plan.num_images}) differs from dataset.num_images "
                 f"({self.dataset.num_images})."
             )
+        try:
+            self.codec.codec(self.dataset.num_classes)
+        except ConfigError as exc:
+            raise FormatError(
+                f"{where}: the codec does not fit {self.dataset.num_classes} classes: {exc}"
+            ) from exc
 
 
 def create_arrays(group: zarr.Group, attrs: StoreAttrs) -> None:
@@ -213,25 +242,39 @@ def create_arrays(group: zarr.Group, attrs: StoreAttrs) -> None:
     for spec in POOL_ARRAYS:
         trailing = _trailing_shape(spec.trailing, plan.batch_size, dataset.num_classes)
         kwargs: dict[str, Any] = {}
+        dtype, fill = spec.dtype, spec.fill_value
         if spec.name == "logits":
+            dtype, trailing, fill = logits_spec(attrs)
             kwargs["chunks"] = (1, *trailing)
             if layout.logits_shard_entries is not None:
                 kwargs["shards"] = (layout.logits_shard_entries, *trailing)
-            kwargs["compressors"] = logits_compressors(attrs.codec)
+            kwargs["compressors"] = logits_compressors(attrs.codec, dataset.num_classes)
         else:
             kwargs["chunks"] = (block, *trailing)
             kwargs["compressors"] = _checksummed(ZstdCodec(level=3))
         array = pool.create_array(
             spec.name,
             shape=(entries, *trailing),
-            dtype=spec.dtype,
-            fill_value=spec.fill_value,
+            dtype=dtype,
+            fill_value=fill,
             dimension_names=spec.dimension_names,
             config={"write_empty_chunks": True},
             **kwargs,
         )
         if spec.name == "key":
             array[:] = plan.kept_keys.astype(np.int32)
+    fidelity = fidelity_spec(attrs)
+    if fidelity is not None:
+        pool.create_array(
+            "fidelity",
+            shape=(entries, *fidelity),
+            chunks=(block, *fidelity),
+            dtype="float64",
+            fill_value=float("nan"),
+            dimension_names=("entry", "field"),
+            compressors=_checksummed(ZstdCodec(level=3)),
+            config={"write_empty_chunks": True},
+        )
 
 
 def expected_shapes(attrs: StoreAttrs) -> dict[str, tuple[int, ...]]:
@@ -246,13 +289,18 @@ def expected_shapes(attrs: StoreAttrs) -> dict[str, tuple[int, ...]]:
             plan.num_kept,
             *_trailing_shape(spec.trailing, plan.batch_size, dataset.num_classes),
         )
+    shapes["pool/logits"] = (plan.num_kept, *logits_spec(attrs)[1])
+    fidelity = fidelity_spec(attrs)
+    if fidelity is not None:
+        shapes["pool/fidelity"] = (plan.num_kept, *fidelity)
     return shapes
 
 
 def check_arrays(group: zarr.Group, attrs: StoreAttrs, where: str) -> dict[str, zarr.Array]:
     """The store's arrays by path, after checking that each exists with the right shape and dtype."""
     dtypes = {f"pool/{s.name}": s.dtype for s in POOL_ARRAYS}
-    dtypes |= {"images/pixels": "uint8", "images/labels": "int32"}
+    dtypes |= {"images/pixels": "uint8", "images/labels": "int32", "pool/fidelity": "float64"}
+    dtypes["pool/logits"] = logits_spec(attrs)[0]
     arrays: dict[str, zarr.Array] = {}
     for path, shape in expected_shapes(attrs).items():
         try:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lpldstore import _cli_interop
+from lpldstore.derive import add_commands as add_derive_commands
 from lpldstore.errors import LpldStoreError
 from lpldstore.reader import LabelStore, open_store
 from lpldstore.sizes import peer_layout_bytes, storage_bytes
@@ -27,7 +28,7 @@ def info_dict(store: LabelStore) -> dict[str, Any]:
     kept_indices = None if plan.composition == "seeded" else store.metadata().indices
     return {
         "source": store.where,
-        "format_version": 1,
+        "format_version": store.attrs.format_version,
         "dataset": {
             "name": dataset.name,
             "num_classes": dataset.num_classes,
@@ -54,6 +55,20 @@ def info_dict(store: LabelStore) -> dict[str, Any]:
         "codec": store.codec.to_dict(),
         "storage_bytes": storage_bytes(store),
         "peer_layout_bytes": peer_layout_bytes(plan, relabel, dataset.num_classes, kept_indices),
+    } | codec_info(store)
+
+
+def codec_info(store: LabelStore) -> dict[str, Any]:
+    """The codec part of ``info``: its name, bytes per entry and the fidelity the writer measured."""
+    sizes = storage_bytes(store)
+    fidelity = store.fidelity()
+    return {
+        "codec_label": store.codec.codec(store.dataset.num_classes).label(),
+        "bytes_per_entry": {
+            "logits": sizes["logits"] / store.num_entries,
+            "labels": (sizes["total"] - sizes["images"]) / store.num_entries,
+        },
+        "fidelity": None if fidelity is None else fidelity.to_dict(),
     }
 
 
@@ -78,7 +93,23 @@ def _print_info(info: dict[str, Any]) -> None:
         f"pruning     {p['strategy']} x{p['ratio']:g} (actual x{p['actual_ratio']:.2f}), seed {p['seed']}: "
         f"{p['entries_kept']} of {p['entries_planned']} entries kept, {p['entries_committed']} committed"
     )
-    print(f"codec       {info['codec']['name']}")
+    print(f"codec       {info.get('codec_label', info['codec']['name'])}")
+    if "bytes_per_entry" in info:
+        per = info["bytes_per_entry"]
+        print(
+            f"            {per['logits']:,.0f} logits bytes/entry, {per['labels']:,.0f} label bytes/entry (metadata included)"
+        )
+        fid = info["fidelity"]
+        if fid is None:
+            print("fidelity    not measured")
+        else:
+            kl = "inf" if fid["kl"] is None else f"{fid['kl']:.4g}"
+            err = "unbounded" if fid["max_abs_error"] is None else f"{fid['max_abs_error']:.4g}"
+            print(
+                f"fidelity    at T={fid['temperature']:g} on {fid['rows']:,} rows: KL(orig||dec) {kl}, "
+                f"KL(dec||orig) {fid['kl_reverse']:.4g}, top-1 agreement {fid['top1_agreement']:.4f}, "
+                f"max |logit error| {err}"
+            )
     print()
     print(f"{'component':<16}{'bytes':>14}{'':>12}")
     for name, size in info["storage_bytes"].items():
@@ -132,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(run=_cmd_verify)
     _cli_interop.register(sub, verify)
+    add_derive_commands(sub)
     return parser
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, get_args
 
 from lpldstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lpldstore.codecs import Codec
 
 __all__ = [
     "CodecConfig",
@@ -237,13 +240,20 @@ class RelabelConfig(_Record):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CodecConfig(_Record):
-    """How the logits are encoded. Format version 1 defines ``float16`` (no parameters)."""
+    """How the logits are encoded, and the temperature at which their fidelity is measured.
+
+    ``name`` is ``float16`` (format version 1's only codec, no parameters), ``quantized`` or
+    ``quantized_entropy`` (``{"bits": 2..8}``) or ``topk`` (``{"k": k, "tail": "MR" | "MS" |
+    "MRS"}``); see :mod:`lpldstore.codecs`. ``temperature`` is the training temperature: the writer
+    measures KL divergence at it, and the ``topk`` MS tail stores probabilities at it.
+    """
 
     record_name: ClassVar[str] = "codec"
-    known: ClassVar[tuple[str, ...]] = ("float16",)
+    known: ClassVar[tuple[str, ...]] = ("float16", "quantized", "quantized_entropy", "topk")
 
     name: str = "float16"
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    temperature: float = 20.0
 
     def __post_init__(self) -> None:
         _check(
@@ -255,6 +265,22 @@ class CodecConfig(_Record):
         _check(
             isinstance(self.params, Mapping), self.record_name, "params must be a JSON object", self.params
         )
+        _check(
+            isinstance(self.temperature, int | float)
+            and not isinstance(self.temperature, bool)
+            and math.isfinite(self.temperature)
+            and self.temperature > 0,
+            self.record_name,
+            "temperature must be a positive number",
+            self.temperature,
+        )
+        self.codec(1 << 31)  # checks the params; the class count is checked against the dataset
+
+    def codec(self, num_classes: int) -> Codec:
+        """The codec for rows of ``num_classes`` logits."""
+        from lpldstore.codecs import codec_from_config
+
+        return codec_from_config(self.name, self.params, num_classes, float(self.temperature))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays
 from lpldstore._storage import StoreLike, is_url, open_root, open_zarr_store
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import EntryError, StoreDamagedError
+from lpldstore.fidelity import Fidelity, summarize
 from lpldstore.plan import PruningPlan
 
 __all__ = ["Entry", "EntryMetadata", "LabelStore", "open_store"]
@@ -40,7 +41,7 @@ class Entry:
     mix_index: npt.NDArray[np.int64]
     mix_lam: float
     mix_box: npt.NDArray[np.int64]
-    logits: npt.NDArray[np.float16]
+    logits: npt.NDArray[np.floating[Any]]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -78,6 +79,7 @@ class LabelStore:
         root = open_root(store, where)
         self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
         self._arrays = check_arrays(root, self.attrs, where)
+        self._codec = self.attrs.codec.codec(self.attrs.dataset.num_classes)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -184,12 +186,15 @@ class LabelStore:
         _check_entry_sane(entry, self.dataset.num_images, name)
         return entry
 
-    def logits_at(self, position: int) -> npt.NDArray[np.float16]:
-        """The stored logits of one entry, (batch_size, num_classes) float16, padding included."""
+    def logits_at(self, position: int) -> npt.NDArray[np.floating[Any]]:
+        """The decoded logits of one entry, (batch_size, num_classes), padding included.
+
+        float16 for the ``float16`` codec (exactly as stored), float32 for the lossy codecs.
+        """
         epoch, batch = self.plan.key_at(position)
         n = self.plan.batch_length(batch)
         try:
-            logits = np.asarray(self._arrays["pool/logits"][position])
+            logits = self._codec.decode(np.asarray(self._arrays["pool/logits"][position]))
         except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         # A missing chunk reads as the NaN fill value: real logits are always finite.
@@ -237,6 +242,28 @@ class LabelStore:
             mix_box=read["mix_box"].astype(np.int64),
             committed=read["committed"].astype(bool),
         )
+
+    def fidelity(self) -> Fidelity | None:
+        """Fidelity of the codec measured by the writer on the committed entries (None: not measured).
+
+        Version-1 stores and stores derived without re-measuring hold no measurement.
+        """
+        if "pool/fidelity" not in self._arrays:
+            return None
+        array, committed = self._arrays["pool/fidelity"], self.committed()
+        try:
+            sums = np.asarray(array[:], dtype=np.float64)
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, "pool/fidelity", exc) from exc
+        # A lost chunk reads as NaN, which otherwise means "not measured": tell the two apart.
+        block = self.layout.block_entries
+        for number in np.unique(np.flatnonzero(committed) // block).tolist():
+            if _guard.missing_block_chunks(array, number):
+                raise StoreDamagedError(
+                    f"{self.where}: the chunk of pool/fidelity for entries {number * block}.. is missing; "
+                    "run `lpldstore verify`."
+                )
+        return summarize(sums[committed], self.codec.temperature)
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lpldstore._guard import READ_ERRORS, missing_block_chunks, stale_array_metadata
-from lpldstore._schema import ENTRY_ARRAYS, images_digest
+from lpldstore._schema import ENTRY_ARRAYS, fidelity_spec, images_digest
 from lpldstore._storage import StoreLike
 from lpldstore.errors import LpldStoreError
 from lpldstore.reader import LabelStore, open_store
@@ -95,15 +95,21 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
                         Problem("pool/key", f"stored key {tuple(got.tolist())} != planned", int(e), int(b))
                     )
         rows = {name: _read(store, f"pool/{name}", span, problems) for name in ENTRY_ARRAYS}
+        # The writer's fidelity sums (format version 2) are checked like the entry arrays, but
+        # are not part of an entry, so a damaged block of them is named but not re-checked per row.
+        measured = ("fidelity",) if fidelity_spec(store.attrs) is not None else ()
+        for name in measured:
+            _read(store, f"pool/{name}", span, problems)
         if flags.any():  # a committed entry's chunks were all written: absent means lost
-            for name in ENTRY_ARRAYS:
+            for name in (*ENTRY_ARRAYS, *measured):
                 if missing_block_chunks(store.array(f"pool/{name}"), start // block):
                     problems.extend(
                         Problem(f"pool/{name}", "chunk missing (reads as fill value)", int(e), int(b))
                         for (e, b), done in zip(keys, flags, strict=True)
                         if done
                     )
-                    rows[name] = None
+                    if name in rows:
+                        rows[name] = None
         for i, (e, b) in enumerate(keys):
             epoch, batch = int(e), int(b)
             if not flags[i]:
@@ -152,11 +158,14 @@ def _entry_problems(
 def _check_logits(store: LabelStore, pos: int, epoch: int, batch: int, problems: list[Problem]) -> None:
     n = store.plan.batch_length(batch)
     try:
-        logits = np.asarray(store.array("pool/logits")[pos])
+        raw = np.asarray(store.array("pool/logits")[pos])
+        logits = store.attrs.codec.codec(store.dataset.num_classes).decode(raw)
     except READ_ERRORS as exc:
         problems.append(Problem("pool/logits", f"unreadable chunk ({exc})", epoch, batch))
         return
-    if np.isnan(logits[:n]).all():
+    # Encoded codecs fill a missing chunk with 0xFF bytes, float16 with NaN.
+    missing = (raw[:n] == 255).all() if raw.dtype == np.uint8 else np.isnan(raw[:n]).all()
+    if missing:
         problems.append(Problem("pool/logits", "chunk missing (reads as fill value)", epoch, batch))
     elif not np.isfinite(logits[:n]).all():
         problems.append(Problem("pool/logits", "non-finite logits", epoch, batch))

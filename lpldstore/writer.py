@@ -37,6 +37,7 @@ from lpldstore._schema import ENTRY_ARRAYS, Layout, StoreAttrs, check_arrays, cr
 from lpldstore._storage import consolidate, open_root
 from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
 from lpldstore.errors import EntryError, StoreExistsError, ValidationError
+from lpldstore.fidelity import fidelity_sums
 from lpldstore.plan import PruningPlan
 
 __all__ = ["StoreWriter"]
@@ -77,7 +78,7 @@ class _Block:
     start: int
     arrays: dict[str, npt.NDArray[Any]]
     committed: npt.NDArray[np.bool_]
-    logits: npt.NDArray[np.float16] | None
+    logits: npt.NDArray[Any] | None
     staged: set[int] = dataclasses.field(default_factory=set)  # positions written, not committed
 
 
@@ -115,6 +116,9 @@ class StoreWriter:
             raise ValidationError(f"commit_every must be a positive integer. Got {commit_every!r} instead.")
         self.commit_every = commit_every
         self._sharded = sharded
+        self._codec = self.attrs.codec.codec(self.attrs.dataset.num_classes)
+        # Version-2 stores keep each entry's measured fidelity beside its other small arrays.
+        self._entry_arrays = ENTRY_ARRAYS + (("fidelity",) if "pool/fidelity" in self._arrays else ())
         self._blocks: dict[int, _Block] = {}
         self._closed = False
         n = self.attrs.plan.num_kept
@@ -178,6 +182,7 @@ class StoreWriter:
                 f"create: dataset.images_sha256 is {dataset.images_sha256}, but the images given hash to {digest}. "
                 "These are not the images the dataset record describes."
             )
+        (codec or CodecConfig()).codec(dataset.num_classes)  # ConfigError if it does not fit the classes
         attrs = StoreAttrs(
             dataset=dataclasses.replace(dataset, images_sha256=digest),
             plan=plan,
@@ -315,7 +320,7 @@ class StoreWriter:
             span = slice(start, min(start + self._block, self.plan.num_kept))
             block = _Block(
                 start=start,
-                arrays={name: np.asarray(self._arrays[f"pool/{name}"][span]) for name in ENTRY_ARRAYS},
+                arrays={name: np.asarray(self._arrays[f"pool/{name}"][span]) for name in self._entry_arrays},
                 committed=np.asarray(self._arrays["pool/committed"][span], dtype=bool),
                 logits=np.asarray(self._arrays["pool/logits"][span]) if self._sharded else None,
             )
@@ -420,14 +425,21 @@ class StoreWriter:
             out[:n] = values
             return out
 
-        return {
+        # Lossy codecs encode what the teacher gave (up to float32), not its float16 rounding.
+        source = half if self._codec.lossless else raw.astype(np.float32)
+        encoded = self._codec.encode(pad(source, 0, str(source.dtype)))
+        extra: dict[str, Any] = {}
+        if "fidelity" in self._entry_arrays:
+            decoded = self._codec.decode(encoded[:n])
+            extra["fidelity"] = fidelity_sums(raw, decoded, float(self.attrs.codec.temperature))
+        return extra | {
             "indices": pad(idx, -1, "int32"),
             "crop": pad(box, 0, "int16"),
             "flip": pad(flip, False, "bool"),
             "mix_index": pad(np.asarray(perm), -1, "int16"),
             "mix_lam": np.float32(lam),
             "mix_box": mbox.astype(np.int16),
-            "logits": pad(half, 0, "float16"),
+            "logits": encoded,
         }
 
 

@@ -190,6 +190,7 @@ def test_every_chunk_file_damaged_is_detected(tmp_path: Path) -> None:
                 store.labels()
                 for pos in range(store.num_entries):
                     store.entry_at(pos)
+                store.fidelity()
             if array != "pool/key":  # the key array is only re-checked by verify: readers use the plan
                 missed.append((str(rel), kind, "reader"))
         except LpldStoreError:
