@@ -214,6 +214,12 @@ def prune(
         limit = parse_size(budget)  # type: ignore[arg-type]
         fixed, per_entry = _measured_sizes(parent)
         held = parent.plan
+    target = Path(out)
+    if target.exists():
+        raise StoreExistsError(f"{target} already exists. Choose another output path or remove it first.")
+    # Each attempt is a finished store, so it is measured under a hidden name: a kill between an
+    # attempt and its size check must not leave an over-budget store at ``out``.
+    trial = target.with_name(f".{target.name}.budget-{uuid.uuid4().hex[:8]}")
     kept: int | None = None
     for _ in range(16):
         plan = plan_for_budget(base, limit, fixed_bytes=fixed, entry_bytes=per_entry)
@@ -226,13 +232,16 @@ def prune(
                 if kept > 1
                 else plan
             )
-        path = derive_store(source, out, plan=plan, operation="prune")
-        with open_store(path) as child:
-            fixed, per_entry = _measured_sizes(child)
-            total, kept = storage_bytes(child)["total"], child.num_entries
-        if total <= limit:
-            return path
-        shutil.rmtree(path)
+        try:
+            derive_store(source, trial, plan=plan, operation="prune")
+            with open_store(trial) as child:
+                fixed, per_entry = _measured_sizes(child)
+                total, kept = storage_bytes(child)["total"], child.num_entries
+            if total <= limit:
+                os.rename(trial, target)
+                return target
+        finally:
+            shutil.rmtree(trial, ignore_errors=True)
     raise ValidationError(f"Could not fit {source} into {limit:,} bytes.")  # pragma: no cover
 
 

@@ -61,9 +61,10 @@ def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> st
     root, target = Path(store), Path(out)
     if target.suffix != ".zip":
         raise ArtifactError(f"Expected an output name ending in .zip. Got {target.name!r} instead.")
-    for path in (target, checksum_path(target)):
-        if path.exists():
-            raise StoreExistsError(f"{path} already exists. Choose another output name or remove it.")
+    # A checksum without its zip is what a pack killed between its two renames leaves; it
+    # describes nothing, so it is replaced rather than blocking the re-run.
+    if target.exists():
+        raise StoreExistsError(f"{target} already exists. Choose another output name or remove it.")
     if not root.is_dir():
         raise ArtifactError(
             f"Expected a store directory to pack at {root}. Got {'a file' if root.exists() else 'nothing'}."
