@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import lpldstore
@@ -16,6 +18,15 @@ from .conftest import make_tiny_teacher
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and spinning threads crawl on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_images(ipc: int = 2, seed: int = 0) -> SynthesisResult:
@@ -76,7 +87,9 @@ def stage_dirs(root: Path, teacher: Teacher, synth: SynthesisResult) -> tuple[Pa
 def store_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a store that its writers fill (provenance timestamps aside)."""
     with lpldstore.open_store(path) as store:
-        out = {name: np.asarray(store.array(f"pool/{name}")[:]) for name in
-               ("indices", "crop", "flip", "mix_index", "mix_lam", "mix_box", "logits", "committed")}
+        out = {
+            name: np.asarray(store.array(f"pool/{name}")[:])
+            for name in ("indices", "crop", "flip", "mix_index", "mix_lam", "mix_box", "logits", "committed")
+        }
         out["pixels"] = store.images()
     return out

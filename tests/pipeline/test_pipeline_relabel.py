@@ -18,6 +18,7 @@ from lpld_pipeline import ConfigError, relabel, relabel_entries
 from ._stores import (
     CountingTeacher,
     create_store,
+    one_thread,  # noqa: F401  (autouse fixture)
     relabel_config,
     stage_dirs,
     store_arrays,
@@ -76,7 +77,9 @@ def test_resume_after_a_crash_computes_only_the_rest_and_equals_an_uninterrupted
 def test_stage_resumes_a_matching_store_and_refuses_a_different_one(tmp_path: Path) -> None:
     teacher, synth = tiny_teacher(), tiny_images()
     squeeze_dir, synth_dir = stage_dirs(tmp_path, teacher, synth)
-    config = relabel_config(squeeze_dir=str(squeeze_dir), synth_dir=str(synth_dir), out=str(tmp_path / "s.zarr"))
+    config = relabel_config(
+        squeeze_dir=str(squeeze_dir), synth_dir=str(synth_dir), out=str(tmp_path / "s.zarr")
+    )
     first = relabel(config)
     assert (first.entries_computed, first.entries_kept, first.entries_planned) == (8, 8, 32)
     before = store_arrays(tmp_path / "s.zarr")
@@ -98,7 +101,10 @@ def test_torchrun_with_two_gloo_ranks_writes_the_same_store_as_one_process(tmp_p
     squeeze_dir, synth_dir = stage_dirs(tmp_path, teacher, synth)
     # block_entries=2: the 8 kept entries form 4 blocks, shared out over the two ranks.
     single = relabel_config(
-        squeeze_dir=str(squeeze_dir), synth_dir=str(synth_dir), out=str(tmp_path / "one.zarr"), block_entries=2
+        squeeze_dir=str(squeeze_dir),
+        synth_dir=str(synth_dir),
+        out=str(tmp_path / "one.zarr"),
+        block_entries=2,
     )
     relabel(single)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
