@@ -512,9 +512,7 @@ class RunConfig:
 
 # Relabel and training recipes of reference/method.md 1.3-1.4. ``demo``: digits, IPC 10, 10x.
 RELABEL_PRESETS: dict[str, RelabelStageConfig] = {
-    "demo": RelabelStageConfig(
-        batch_size=10, epochs=200, ratio=10, crop_scale=(0.5, 1.0), mix="cutmix", plan_seed=42
-    ),
+    "demo": RelabelStageConfig(batch_size=10, epochs=200, ratio=10, mix="cutmix", plan_seed=42),
     "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix"),
     "tiny": RelabelStageConfig(batch_size=64, epochs=100, ratio=40, mix="none"),
     "imagenet21k": RelabelStageConfig(batch_size=32, epochs=300, ratio=40, mix="none"),

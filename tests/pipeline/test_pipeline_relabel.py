@@ -110,9 +110,8 @@ def test_torchrun_with_two_gloo_ranks_writes_the_same_store_as_one_process(tmp_p
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     argv += ["-m", "lpld_pipeline.cli", "relabel", "--squeeze-dir", str(squeeze_dir), "--synth-dir"]
     argv += [str(synth_dir), "--out", str(tmp_path / "two.zarr"), "--device", "cpu", "--no-progress"]
-    for key, value in (("batch_size", 5), ("epochs", 8), ("ratio", 4), ("crop_scale", "[0.5,1]")):
-        argv += ["--set", f"{key}={value}"]
-    argv += ["--set", "block_entries=2"]
+    for setting in ("batch_size=5", "epochs=8", "ratio=4", "crop_scale=[0.5,1]", "block_entries=2"):
+        argv += ["--set", setting]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
