@@ -82,8 +82,11 @@ def main() -> None:
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/accuracy[_quick].json)"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        # On a busy shared machine one thread per process avoids OpenMP threads spinning on a core.
+        torch.set_num_threads(args.threads)
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (30 if args.quick else TRAIN_PRESETS["demo"].epochs)
     iterations = args.iterations or (100 if args.quick else SYNTHESIS_PRESETS["demo"].iterations)

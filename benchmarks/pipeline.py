@@ -222,7 +222,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None, help="default: cuda with --full, else cpu")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     full = args.full
     args.size = args.size or (224 if full else 112)
     args.relabel_batch = args.relabel_batch or (128 if full else 16)
