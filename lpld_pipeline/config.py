@@ -499,7 +499,9 @@ class TrainConfig:
 class RunConfig:
     """All four stages from one config. Stage outputs go under ``out`` (``squeeze/``, ``synth/``,
     ``labels.zarr``, ``train/``); the stages' own ``out``/input paths are filled in from it. A
-    stage whose output already records the same config is skipped, so a run can be resumed."""
+    stage whose output already records the same config is skipped, so a run can be resumed.
+    ``threads`` sets torch's CPU threads for the run (0: torch's default); the demo's tiny
+    convolutions gain little from a second thread and lose much when the cores are shared."""
 
     out: str = "runs/demo"
     squeeze: SqueezeConfig = dataclasses.field(default_factory=SqueezeConfig)
@@ -507,7 +509,11 @@ class RunConfig:
     relabel: RelabelStageConfig = dataclasses.field(default_factory=RelabelStageConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     device: str = "auto"
+    threads: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.threads >= 0, "threads >= 0 (0: torch's default)", self.threads)
 
 
 # Relabel and training recipes of reference/method.md 1.3-1.4. ``demo``: digits, IPC 10, 10x.
@@ -582,6 +588,7 @@ RUN_PRESETS: dict[str, RunConfig] = {
         synthesize=SYNTHESIS_PRESETS[name],
         relabel=RELABEL_PRESETS[name],
         train=TRAIN_PRESETS[name],
+        threads=1 if name == "demo" else 0,
     )
     for name in ("demo", "imagenet1k", "tiny", "imagenet21k")
 }

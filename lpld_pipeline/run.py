@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import lpldstore
 from lpld_pipeline import _dist
 from lpld_pipeline.bnstats import CONFIG_FILE, STATS_FILE, TEACHER_FILE, squeeze
@@ -59,6 +61,16 @@ def _same_output(directory: Path, config: Any, required: tuple[str, ...]) -> boo
 
 def run(config: RunConfig) -> RunReport:
     """Run every stage of ``config`` and return (and print, on rank 0) the report."""
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RunConfig) -> RunReport:
     out = Path(config.out)
     common: dict[str, Any] = {"device": config.device, "progress": config.progress}
     sq = dataclasses.replace(config.squeeze, out=str(out / "squeeze"), **common)
