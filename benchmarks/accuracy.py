@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="1 seed, --epochs 20, 100 synthesis iterations")
+    parser.add_argument("--quick", action="store_true", help="1 seed, --epochs 40, 100 synthesis iterations")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; quick 1)")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default: demo preset's)")
     parser.add_argument("--iterations", type=int, default=None, help="synthesis iterations (default: demo's)")
@@ -88,7 +88,7 @@ def main() -> None:
         # On a busy shared machine one thread per process avoids OpenMP threads spinning on a core.
         torch.set_num_threads(args.threads)
     seeds = args.seeds or (1 if args.quick else 3)
-    epochs = args.epochs or (20 if args.quick else TRAIN_PRESETS["demo"].epochs)
+    epochs = args.epochs or (40 if args.quick else TRAIN_PRESETS["demo"].epochs)
     iterations = args.iterations or (100 if args.quick else SYNTHESIS_PRESETS["demo"].iterations)
     name = "accuracy_quick" if args.quick else "accuracy"
     out_json = Path(args.out) if args.out else RESULTS / f"{name}.json"

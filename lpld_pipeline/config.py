@@ -532,7 +532,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         temperature=4.0,
         t2=True,
         optimizer="adamw",
-        lr=3e-3,
+        lr=1e-3,
         weight_decay=0.01,
         val=DataConfig(name="digits"),
         val_interval=50,
