@@ -196,6 +196,11 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 
 
 def _val_dataset(config: TrainConfig, store: lpldstore.LabelStore) -> Dataset[tuple[torch.Tensor, int]]:
+    if config.val.name == "imagefolder" and not config.val.root:
+        raise DataError(
+            "Expected val.root to name the real validation ImageFolder (root/val/<class>/... or "
+            "root/<class>/...). Got an empty root; pass --val-root /datasets/imagenet or --set val.root=..."
+        )
     size = store.relabel.output_size[0]
     val = build_dataset(dataclasses.replace(config.val, image_size=size, augment=False), "val")
     classes = len(class_names_of(val))
