@@ -15,6 +15,7 @@ from lpld_pipeline import (
     ArtifactError,
     ConfigError,
     DataConfig,
+    DataError,
     TrainConfig,
     build_student,
     kd_loss,
@@ -121,6 +122,8 @@ def test_resume_refuses_another_config_and_train_refuses_an_incomplete_store(
     out = tmp_path / "never"
     with pytest.raises(ArtifactError, match="0 of 8 entries committed"):
         train(_config(tmp_path / "partial.zarr", out))
+    with pytest.raises(DataError, match=r"Expected val\.root"):
+        train(_config(store, out, val=DataConfig(name="imagefolder")))
     assert not out.exists()
 
 
