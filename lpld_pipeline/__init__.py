@@ -1,8 +1,10 @@
 """lpld_pipeline: squeeze, class-wise synthesis, relabel and student training for LPLD.
 
-Stages so far: :func:`squeeze` (teacher + exact class-wise BN statistics) and :func:`synthesize`
-(LPLD's class-wise recover, with classes packed into one batch). The ``lpld`` command line wraps
-them (``lpld squeeze``, ``lpld synthesize``); see ``docs/pipeline.md``.
+Stages: :func:`squeeze` (teacher + exact class-wise BN statistics), :func:`synthesize` (LPLD's
+class-wise recover, with classes packed into one batch), :func:`relabel` (the teacher's soft labels
+for the kept entries of a pruning plan, into an ``lpldstore`` store), :func:`train` (a student
+from the store with the pool loader) and :func:`run` (all four and a report). The ``lpld`` command
+line wraps them; see ``docs/pipeline.md``.
 """
 
 from lpld_pipeline.bnstats import (
@@ -15,18 +17,26 @@ from lpld_pipeline.bnstats import (
     squeeze,
 )
 from lpld_pipeline.config import (
+    RELABEL_PRESETS,
+    RUN_PRESETS,
     SQUEEZE_PRESETS,
     SYNTHESIS_PRESETS,
+    TRAIN_PRESETS,
     DataConfig,
+    RelabelStageConfig,
+    RunConfig,
     SqueezeConfig,
     SynthesisConfig,
     TeacherConfig,
+    TrainConfig,
     config_from_dict,
     config_to_dict,
     resolve_config,
 )
 from lpld_pipeline.data import ImageDataset, build_dataset, load_digits_images
 from lpld_pipeline.errors import ArtifactError, ConfigError, DataError, PipelineError
+from lpld_pipeline.relabel import RelabelResult, relabel, relabel_entries, store_records
+from lpld_pipeline.run import RunReport, format_report, run
 from lpld_pipeline.synthesize import (
     SynthesisResult,
     load_synthesized,
@@ -47,11 +57,23 @@ from lpld_pipeline.teacher import (
     state_dict_sha256,
     teacher_accuracy,
 )
+from lpld_pipeline.train import (
+    TrainResult,
+    build_student,
+    evaluate,
+    kd_loss,
+    load_student_checkpoint,
+    lr_factor,
+    train,
+)
 
 __all__ = [
     "NORMALIZATIONS",
+    "RELABEL_PRESETS",
+    "RUN_PRESETS",
     "SQUEEZE_PRESETS",
     "SYNTHESIS_PRESETS",
+    "TRAIN_PRESETS",
     "ArtifactError",
     "ClassBNStats",
     "ClassMoments",
@@ -60,6 +82,10 @@ __all__ = [
     "DataError",
     "ImageDataset",
     "PipelineError",
+    "RelabelResult",
+    "RelabelStageConfig",
+    "RunConfig",
+    "RunReport",
     "SqueezeConfig",
     "SynthesisConfig",
     "SynthesisResult",
@@ -67,25 +93,38 @@ __all__ = [
     "TeacherConfig",
     "TeacherSpec",
     "TinyResNet",
+    "TrainConfig",
+    "TrainResult",
     "batchnorm_layers",
     "build_dataset",
     "build_model",
+    "build_student",
     "compute_class_stats",
     "config_from_dict",
     "config_to_dict",
+    "evaluate",
+    "format_report",
+    "kd_loss",
     "load_class_stats",
     "load_digits_images",
     "load_synthesized",
+    "load_student_checkpoint",
     "load_teacher_checkpoint",
+    "lr_factor",
     "make_teacher",
     "plan_groups",
+    "relabel",
+    "relabel_entries",
     "resolve_config",
+    "run",
     "save_class_stats",
     "save_imagefolder",
     "save_teacher_checkpoint",
     "squeeze",
     "state_dict_sha256",
+    "store_records",
     "synthesize",
     "synthesize_images",
     "teacher_accuracy",
+    "train",
 ]

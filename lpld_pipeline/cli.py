@@ -6,6 +6,9 @@ stage is one entry in ``_STAGES``.
 
     lpld squeeze --preset demo --out runs/demo/squeeze
     lpld synthesize --preset demo --squeeze-dir runs/demo/squeeze --out runs/demo/synth --set ipc=20
+    lpld relabel --preset demo --squeeze-dir ... --synth-dir ... --out runs/demo/labels.zarr
+    lpld train --preset demo --store runs/demo/labels.zarr --out runs/demo/train
+    lpld run                     # the demo preset end to end, with a report
     torchrun --nproc-per-node 8 -m lpld_pipeline.cli synthesize --preset imagenet1k ...
 """
 
@@ -20,15 +23,24 @@ from typing import Any
 
 from lpld_pipeline.bnstats import squeeze
 from lpld_pipeline.config import (
+    RELABEL_PRESETS,
+    RUN_PRESETS,
     SQUEEZE_PRESETS,
     SYNTHESIS_PRESETS,
+    TRAIN_PRESETS,
+    RelabelStageConfig,
+    RunConfig,
     SqueezeConfig,
     SynthesisConfig,
+    TrainConfig,
     config_to_dict,
     resolve_config,
 )
 from lpld_pipeline.errors import PipelineError
+from lpld_pipeline.relabel import RelabelResult, relabel
+from lpld_pipeline.run import run
 from lpld_pipeline.synthesize import synthesize
+from lpld_pipeline.train import TrainResult, train
 
 __all__ = ["main"]
 
@@ -41,6 +53,21 @@ class _Stage:
     run: Callable[[Any], Any]
     # Flags that are shortcuts for overrides: flag name -> config key.
     shortcuts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # One line to print after the stage ran, from its return value.
+    summary: Callable[[Any], str] | None = None
+
+
+def _relabel_summary(r: RelabelResult) -> str:
+    return (
+        f"relabel: {r.store}: computed {r.entries_computed} entries on this rank "
+        f"({r.entries_kept} kept of {r.entries_planned} planned) in {r.seconds:.1f} s"
+    )
+
+
+def _train_summary(r: TrainResult) -> str:
+    return (
+        f"train: {r.out}: top-1 {r.top1:.4f} (best {r.best_top1:.4f}), {r.steps} steps in {r.seconds:.1f} s"
+    )
 
 
 _STAGES: dict[str, _Stage] = {
@@ -57,6 +84,29 @@ _STAGES: dict[str, _Stage] = {
         presets=SYNTHESIS_PRESETS,
         run=synthesize,
         shortcuts={"out": "out", "squeeze_dir": "squeeze_dir", "device": "device"},
+    ),
+    "relabel": _Stage(
+        help="the teacher's soft labels for the kept entries of a pruning plan, into an lpldstore store",
+        config_cls=RelabelStageConfig,
+        presets=RELABEL_PRESETS,
+        run=relabel,
+        shortcuts={"out": "out", "squeeze_dir": "squeeze_dir", "synth_dir": "synth_dir", "device": "device"},
+        summary=_relabel_summary,
+    ),
+    "train": _Stage(
+        help="train a student from a store with the pool loader (KL at temperature T)",
+        config_cls=TrainConfig,
+        presets=TRAIN_PRESETS,
+        run=train,
+        shortcuts={"store": "store", "out": "out", "val_root": "val.root", "device": "device"},
+        summary=_train_summary,
+    ),
+    "run": _Stage(
+        help="all stages from one config (squeeze, synthesize, relabel, train) and a final report",
+        config_cls=RunConfig,
+        presets=RUN_PRESETS,
+        run=run,
+        shortcuts={"out": "out", "device": "device"},
     ),
 }
 
@@ -89,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lpld`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]  # `lpld` alone runs the demo end to end
     args = _parser().parse_args(argv)
     stage = _STAGES[args.stage]
     overrides = list(args.overrides)
@@ -105,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(config_to_dict(config), indent=2))
             return 0
-        stage.run(config)
+        result = stage.run(config)
+        if stage.summary is not None:
+            print(stage.summary(result))
     except PipelineError as exc:
         print(f"lpld {args.stage}: error: {exc}", file=sys.stderr)
         return 2

@@ -22,12 +22,18 @@ from typing import Any, Literal, TypeVar
 from lpld_pipeline.errors import ConfigError
 
 __all__ = [
+    "RELABEL_PRESETS",
+    "RUN_PRESETS",
     "SQUEEZE_PRESETS",
     "SYNTHESIS_PRESETS",
+    "TRAIN_PRESETS",
     "DataConfig",
+    "RelabelStageConfig",
+    "RunConfig",
     "SqueezeConfig",
     "SynthesisConfig",
     "TeacherConfig",
+    "TrainConfig",
     "config_from_dict",
     "config_to_dict",
     "resolve_config",
@@ -266,6 +272,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return tuple(_coerce(args[0], v, key) for v in value)
         _require(len(value) == len(args), f"{key} as a list of {len(args)} values", value)
         return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+    if origin in (dict, Mapping):
+        _require(isinstance(value, Mapping), f"{key} a JSON object", value)
+        return dict(value)
     if tp is type(None):
         _require(value is None, f"{key} null", value)
         return None
@@ -374,3 +383,212 @@ def resolve_config(
     for item in overrides:
         layered = _merge(layered, _parse_override(item))
     return config_from_dict(cls, layered)
+
+
+# --- part 2: relabel, train, run -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RelabelStageConfig:
+    """Stage 3: the teacher's soft labels for the kept entries of a pruning plan, into a store.
+
+    The teacher is ``squeeze_dir``'s ``teacher.pt``; the images are ``synth_dir``'s
+    ``images.npz``. The plan is ``epochs`` augmentation epochs of ``batch_size`` images, pruned to
+    ``1/ratio`` by ``strategy`` (``prefix``, ``random``, ``epoch``); only its kept entries are ever
+    computed. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none`` (store
+    format 1 has no cutout arrays, so the ImageNet-21K recipe's cutout is not offered). ``codec`` / ``codec_params`` name the logits
+    codec (``lpldstore.CodecConfig``). ``amp`` is ``auto`` (bf16 autocast on GPU, float32 on CPU),
+    ``none``, ``bf16`` or ``fp16``. An existing store at ``out`` made with the same settings and
+    teacher is continued (``resume``); a different one is refused.
+    """
+
+    squeeze_dir: str = ""
+    synth_dir: str = ""
+    out: str = ""
+    batch_size: int = 128
+    epochs: int = 300
+    ratio: float = 40.0
+    strategy: Literal["prefix", "random", "epoch"] = "prefix"
+    plan_seed: int = 42
+    last_batch: Literal["drop", "pad"] = "drop"
+    output_size: int = 0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    mix: Literal["cutmix", "none"] = "cutmix"
+    mix_alpha: float = 1.0
+    aug_seed: int = 0
+    codec: str = "float16"
+    codec_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    block_entries: int = 64
+    device: str = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size >= 1", self.batch_size)
+        _require(self.epochs >= 1, "epochs >= 1", self.epochs)
+        _require(self.ratio >= 1 and math.isfinite(self.ratio), "a finite ratio >= 1", self.ratio)
+        _require(self.output_size >= 0, "output_size >= 0 (0 means the image size)", self.output_size)
+        _require(0 <= self.flip_prob <= 1, "flip_prob in [0, 1]", self.flip_prob)
+        _require(self.block_entries >= 1, "block_entries >= 1", self.block_entries)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Stage 4: a student trained from a store with the pool loader (reference/method.md 1.4).
+
+    ``model`` is ``tiny_resnet`` or any torchvision classification model; ``small_stem`` gives a
+    ResNet the 3x3/1 stem without max-pool (Tiny-ImageNet). The loss is
+    ``KL(softmax(t/T) || softmax(s/T))`` (batch mean) times ``T**2`` if ``t2``; ``logit_smoothing``
+    ``s`` replaces the stored logits ``z`` by ``(1 - s) z + s / C`` (the ImageNet-21K recipe's 0.2).
+    ``optimizer`` ``adamw`` (weight decay on conv/linear weights only) or ``sgd``; ``schedule``
+    ``cosine`` (per epoch, ``0.5 (1 + cos(pi e / E))``) or ``warmup_cosine`` (linear warm-up from
+    0.01x over ``warmup_epochs``, then cosine). ``policy`` is the pool loader's (``ilp``,
+    ``epoch``, ``sequential``); ``batch_size`` 0 trains on one stored batch per step.
+    Validation uses ``val`` (its image size is set to the store's output size).
+    """
+
+    store: str = ""
+    out: str = ""
+    model: str = "resnet18"
+    small_stem: bool = False
+    width: int = 16
+    epochs: int = 300
+    batch_size: int = 0
+    temperature: float = 20.0
+    t2: bool = False
+    logit_smoothing: float = 0.0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    schedule: Literal["cosine", "warmup_cosine"] = "cosine"
+    warmup_epochs: int = 0
+    policy: Literal["ilp", "epoch", "sequential"] = "ilp"
+    loader_seed: int = 0
+    num_workers: int = 0
+    device_loader: bool = True
+    val: DataConfig = dataclasses.field(default_factory=DataConfig)
+    val_interval: int = 10
+    checkpoint_every_steps: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs >= 1", self.epochs)
+        _require(self.batch_size >= 0, "batch_size >= 0 (0: one stored batch per step)", self.batch_size)
+        _require(self.temperature > 0, "temperature > 0", self.temperature)
+        _require(0 <= self.logit_smoothing < 1, "logit_smoothing in [0, 1)", self.logit_smoothing)
+        _require(self.lr > 0 and math.isfinite(self.lr), "a finite lr > 0", self.lr)
+        _require(self.weight_decay >= 0, "weight_decay >= 0", self.weight_decay)
+        _require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs in [0, epochs)", self.warmup_epochs)
+        _require(self.val_interval >= 1, "val_interval >= 1", self.val_interval)
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps >= 0", self.checkpoint_every_steps)
+        _require(self.num_workers >= 0, "num_workers >= 0", self.num_workers)
+        _require(self.width >= 1, "width >= 1", self.width)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """All four stages from one config. Stage outputs go under ``out`` (``squeeze/``, ``synth/``,
+    ``labels.zarr``, ``train/``); the stages' own ``out``/input paths are filled in from it. A
+    stage whose output already records the same config is skipped, so a run can be resumed.
+    ``threads`` sets torch's CPU threads for the run (0: torch's default); the demo's tiny
+    convolutions gain little from a second thread and lose much when the cores are shared."""
+
+    out: str = "runs/demo"
+    squeeze: SqueezeConfig = dataclasses.field(default_factory=SqueezeConfig)
+    synthesize: SynthesisConfig = dataclasses.field(default_factory=SynthesisConfig)
+    relabel: RelabelStageConfig = dataclasses.field(default_factory=RelabelStageConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.threads >= 0, "threads >= 0 (0: torch's default)", self.threads)
+
+
+# Relabel and training recipes of reference/method.md 1.3-1.4. ``demo``: digits, IPC 10, 10x.
+RELABEL_PRESETS: dict[str, RelabelStageConfig] = {
+    "demo": RelabelStageConfig(batch_size=10, epochs=200, ratio=10, mix="cutmix", plan_seed=42),
+    "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix"),
+    "tiny": RelabelStageConfig(batch_size=64, epochs=100, ratio=40, mix="none"),
+    "imagenet21k": RelabelStageConfig(batch_size=32, epochs=300, ratio=40, mix="none"),
+}
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "demo": TrainConfig(
+        model="tiny_resnet",
+        width=16,
+        epochs=200,
+        temperature=4.0,
+        t2=True,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.01,
+        val=DataConfig(name="digits"),
+        val_interval=50,
+    ),
+    "imagenet1k": TrainConfig(
+        model="resnet18",
+        epochs=300,
+        batch_size=128,
+        temperature=20.0,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.01,
+        schedule="cosine",
+        val=DataConfig(name="imagefolder", image_size=224, num_workers=8),
+        num_workers=8,
+        device_loader=False,
+    ),
+    "tiny": TrainConfig(
+        model="resnet18",
+        small_stem=True,
+        epochs=100,
+        batch_size=64,
+        temperature=20.0,
+        t2=True,
+        optimizer="sgd",
+        lr=0.2,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="warmup_cosine",
+        warmup_epochs=5,
+        val=DataConfig(name="imagefolder", image_size=64, num_workers=8),
+    ),
+    "imagenet21k": TrainConfig(
+        model="resnet18",
+        epochs=300,
+        batch_size=32,
+        temperature=20.0,
+        logit_smoothing=0.2,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=0.01,
+        val=DataConfig(name="imagefolder", image_size=224, num_workers=8),
+        val_interval=50,
+        num_workers=8,
+        device_loader=False,
+    ),
+}
+
+RUN_PRESETS: dict[str, RunConfig] = {
+    name: RunConfig(
+        out=f"runs/{name}",
+        squeeze=SQUEEZE_PRESETS[name],
+        synthesize=SYNTHESIS_PRESETS[name],
+        relabel=RELABEL_PRESETS[name],
+        train=TRAIN_PRESETS[name],
+        threads=1 if name == "demo" else 0,
+    )
+    for name in ("demo", "imagenet1k", "tiny", "imagenet21k")
+}

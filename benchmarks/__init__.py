@@ -1,0 +1,1 @@
+"""Benchmark scripts (a package only so that module names do not clash with the tests')."""

@@ -1,0 +1,259 @@
+"""Relabel: the teacher's soft labels for the kept entries of a pruning plan, written into a store.
+
+For every kept entry (and only those: a 40x plan is 40x less teacher work) the augmentation
+parameters are drawn with :func:`lpldstore.draw_params` (a pure function of seed, epoch and batch)
+and applied with :func:`lpldstore.apply_params` on [0, 1] pixels; the :class:`Teacher`
+normalizes itself, so its input is exactly what ``lpldstore verify --teacher`` rebuilds. The
+store records the teacher's normalization as the dataset's mean/std, so the pool loader feeds
+the student the same normalized pixels.
+
+Resuming is the writer's: an existing store with the same settings is reopened and only
+``StoreWriter.todo()`` is computed. Under torchrun rank 0 creates the store and every rank fills
+its own part (``part=(rank, world)``: disjoint blocks of entries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import lpldstore
+from lpld_pipeline import _dist
+from lpld_pipeline.bnstats import CONFIG_FILE, TEACHER_FILE
+from lpld_pipeline.config import RelabelStageConfig, config_to_dict
+from lpld_pipeline.errors import ArtifactError, ConfigError
+from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
+from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
+
+__all__ = ["RelabelResult", "relabel", "relabel_entries", "store_records"]
+
+# The teacher's input is [0, 1] pixels: it normalizes itself (the contract with `verify --teacher`).
+_UNIT_MEAN = (0.0, 0.0, 0.0)
+_UNIT_STD = (1.0, 1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelabelResult:
+    """Where the store is, how many entries this process computed, and how long it took."""
+
+    store: str
+    entries_computed: int
+    entries_kept: int
+    entries_planned: int
+    seconds: float
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``; None means float32 (always on CPU)."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16  # "auto" and "bf16"
+
+
+@torch.no_grad()
+def relabel_entries(
+    writer: lpldstore.StoreWriter,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    *,
+    device: torch.device | None = None,
+    amp: str = "auto",
+    channels_last: bool = False,
+    progress: bool = False,
+) -> int:
+    """Compute and write every entry of ``writer.todo()``; returns how many were computed.
+
+    ``images`` are the store's uint8 ``(N, H, W, 3)`` images; ``teacher`` takes [0, 1] pixels.
+    The teacher is called exactly once per entry still to do; pruned entries never reach it.
+    """
+    device = device or torch.device("cpu")
+    plan, relabel_cfg = writer.plan, writer.attrs.relabel
+    pixels = images.to(device)
+    hw = (int(pixels.shape[1]), int(pixels.shape[2]))
+    dtype = autocast_dtype(amp, device)
+    todo = writer.todo()
+    rank, _ = _dist.rank_and_world()
+    bar = tqdm(
+        total=len(todo), desc="relabel", disable=None if progress and rank == 0 else True, file=sys.stderr
+    )
+    done = 0
+    try:
+        for epoch, batch in todo:
+            idx = plan.batch_indices(epoch, batch)
+            params = lpldstore.draw_params(relabel_cfg, hw, len(idx), epoch, batch)
+            x = lpldstore.apply_params(
+                pixels[torch.from_numpy(idx).to(device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
+            )
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = teacher(x)
+            writer.write(
+                epoch,
+                batch,
+                logits=logits.float().cpu().numpy(),
+                crops=params.crops,
+                flips=params.flips,
+                mix_index=params.mix_index,
+                mix_lam=params.mix_lam,
+                mix_box=np.asarray(params.mix_box),
+            )
+            done += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    return done
+
+
+def _dataset_name(squeeze_dir: Path) -> str:
+    record = squeeze_dir / CONFIG_FILE
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8")).get("config", {}).get("data", {})
+        name = data.get("name", "")
+        return str(name if name != "imagefolder" else Path(data.get("root", "imagefolder")).name)
+    return "distilled"
+
+
+def store_records(
+    config: RelabelStageConfig, teacher: Teacher, synth: SynthesisResult, dataset_name: str = "distilled"
+) -> dict[str, Any]:
+    """The plan, dataset, relabel, codec and layout records of the store ``config`` describes."""
+    images = synth.images
+    if images.ndim != 4 or len(images) == 0:
+        raise ArtifactError(f"Expected synthesized images (N, H, W, 3). Got shape {images.shape} instead.")
+    n, h, w, _ = images.shape
+    num_classes = len(synth.class_names)
+    if teacher.spec.num_classes != num_classes:
+        raise ArtifactError(
+            f"Expected a teacher with {num_classes} classes (the synthesized images'). "
+            f"Got {teacher.spec.num_classes}; use the squeeze output the images were made from."
+        )
+    counts = np.bincount(synth.labels, minlength=num_classes)
+    ipc = int(counts[0]) if (counts == counts[0]).all() and counts[0] > 0 else None
+    try:
+        plan = lpldstore.PruningPlan(
+            num_images=int(n),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            ratio=config.ratio,
+            strategy=config.strategy,
+            seed=config.plan_seed,
+            last_batch=config.last_batch,
+        )
+        out_hw = (config.output_size, config.output_size) if config.output_size else (int(h), int(w))
+        relabel_cfg = lpldstore.RelabelConfig(
+            output_size=out_hw,
+            teacher=teacher.spec.arch,
+            teacher_sha256=teacher.sha256(),
+            crop_scale=config.crop_scale,
+            crop_ratio=config.crop_ratio,
+            flip_prob=config.flip_prob,
+            mix=config.mix,
+            mix_alpha=config.mix_alpha,
+            seed=config.aug_seed,
+        )
+        dataset = lpldstore.DatasetInfo(
+            name=dataset_name,
+            num_classes=num_classes,
+            num_images=int(n),
+            image_shape=(int(h), int(w), 3),
+            mean=tuple(float(v) for v in teacher.spec.mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in teacher.spec.std),  # type: ignore[arg-type]
+            ipc=ipc,
+            class_names=tuple(synth.class_names),
+        )
+        codec = lpldstore.CodecConfig(name=config.codec, params=dict(config.codec_params))
+        layout = lpldstore.Layout(block_entries=config.block_entries)
+    except lpldstore.ConfigError as exc:
+        raise ConfigError(f"Invalid relabel settings: {exc}") from exc
+    return {"plan": plan, "dataset": dataset, "relabel": relabel_cfg, "codec": codec, "layout": layout}
+
+
+def _check_same_store(path: Path, records: dict[str, Any]) -> None:
+    with lpldstore.open_store(path) as store:
+        found = {
+            "plan": store.plan,
+            "relabel": store.relabel,
+            "codec": store.codec,
+            "layout": store.layout,
+            "dataset": dataclasses.replace(store.dataset, images_sha256=None),
+        }
+    for name, value in found.items():
+        if value != records[name]:
+            raise ConfigError(
+                f"Expected the store at {str(path)!r} to have been made with these settings to resume it. "
+                f"Its {name} record differs: stored {value.to_dict()}, configured {records[name].to_dict()}. "
+                "Choose another out, or delete the store to start over."
+            )
+
+
+def relabel(config: RelabelStageConfig) -> RelabelResult:
+    """Run the relabel stage: fill (or continue filling) the store at ``config.out``."""
+    for key in ("squeeze_dir", "synth_dir", "out"):
+        if not getattr(config, key):
+            raise ConfigError(f"Expected {key} for relabel. Got an empty string.")
+    squeeze_dir, out = Path(config.squeeze_dir), Path(config.out)
+    device = _dist.resolve_device(config.device)
+    _dist.init_from_env(device)
+    rank, world = _dist.rank_and_world()
+    teacher = load_teacher_checkpoint(squeeze_dir / TEACHER_FILE).to(device)
+    if config.channels_last:
+        teacher.model.to(memory_format=torch.channels_last)
+    synth = load_synthesized(config.synth_dir)
+    records = store_records(config, teacher, synth, _dataset_name(squeeze_dir))
+    existed = out.exists()
+    _barrier()  # every rank has looked before rank 0 may create the store
+    if existed and not config.resume:
+        raise ConfigError(
+            f"Expected no store at {str(out)!r} with resume=false. Got an existing path; choose another out, "
+            "delete it, or set resume=true to continue it."
+        )
+    if existed:
+        _check_same_store(out, records)
+    start = time.perf_counter()
+    part = (rank, world)
+    provenance = {"stage": "relabel", "config": config_to_dict(config)}
+    if not existed and rank == 0:
+        writer = lpldstore.StoreWriter.create(
+            out, images=synth.images, labels=synth.labels, config=provenance, part=part, **records
+        )
+    _barrier()
+    if existed or rank != 0:
+        writer = lpldstore.StoreWriter.open(out, part=part)
+    with writer:
+        computed = relabel_entries(
+            writer,
+            teacher,
+            torch.from_numpy(synth.images),
+            device=device,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            progress=config.progress,
+        )
+    _barrier()
+    plan = records["plan"]
+    return RelabelResult(
+        store=str(out),
+        entries_computed=computed,
+        entries_kept=plan.num_kept,
+        entries_planned=plan.total_entries,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _barrier() -> None:
+    if _dist.rank_and_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -1,0 +1,153 @@
+"""Run: squeeze, synthesize, relabel and train from one config, then a report.
+
+Stage outputs live under ``config.out``: ``squeeze/``, ``synth/``, ``labels.zarr`` and
+``train/``; the stages' own input and output paths, device and progress settings are filled in
+from the run config. Squeeze and synthesize are skipped when their output already records the same
+config; relabel and train resume by themselves, so an interrupted run continues where it stopped.
+The report (accuracy, the store's storage table as ``lpldstore info`` prints it, seconds per
+stage) is printed and saved as ``report.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lpldstore
+from lpld_pipeline import _dist
+from lpld_pipeline.bnstats import CONFIG_FILE, STATS_FILE, TEACHER_FILE, squeeze
+from lpld_pipeline.config import RunConfig, config_to_dict
+from lpld_pipeline.relabel import relabel
+from lpld_pipeline.synthesize import synthesize
+from lpld_pipeline.train import train
+
+__all__ = ["RunReport", "format_report", "run"]
+
+REPORT_FILE = "report.json"
+# Settings that do not change a stage's output.
+_NEUTRAL = ("progress", "device")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """What ``lpld run`` reports: accuracies, the store's ``lpldstore info`` dict, stage times."""
+
+    out: str
+    top1: float
+    best_top1: float
+    teacher_top1: float | None
+    num_classes: int
+    store_info: dict[str, Any]
+    seconds: dict[str, float]
+    skipped: tuple[str, ...]
+
+
+def _same_output(directory: Path, config: Any, required: tuple[str, ...]) -> bool:
+    """Whether ``directory`` holds a finished output of ``config`` (neutral settings aside)."""
+    record = directory / CONFIG_FILE
+    if not record.is_file() or not all((directory / name).exists() for name in required):
+        return False
+    saved = json.loads(record.read_text(encoding="utf-8")).get("config", {})
+    now = config_to_dict(config)
+    return all(saved.get(k) == v for k, v in now.items() if k not in _NEUTRAL)
+
+
+def run(config: RunConfig) -> RunReport:
+    """Run every stage of ``config`` and return (and print, on rank 0) the report."""
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RunConfig) -> RunReport:
+    out = Path(config.out)
+    common: dict[str, Any] = {"device": config.device, "progress": config.progress}
+    sq = dataclasses.replace(config.squeeze, out=str(out / "squeeze"), **common)
+    sy = dataclasses.replace(config.synthesize, squeeze_dir=sq.out, out=str(out / "synth"), **common)
+    rl = dataclasses.replace(
+        config.relabel, squeeze_dir=sq.out, synth_dir=sy.out, out=str(out / "labels.zarr"), **common
+    )
+    tr = dataclasses.replace(config.train, store=rl.out, out=str(out / "train"), **common)
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+
+    def timed(name: str, fn: Any, cfg: Any) -> Any:
+        t0 = time.perf_counter()
+        result = fn(cfg)
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        return result
+
+    if _same_output(Path(sq.out), sq, (STATS_FILE, TEACHER_FILE)):
+        skipped.append("squeeze")
+    else:
+        timed("squeeze", squeeze, sq)
+    if _same_output(Path(sy.out), sy, ()) and any(Path(sy.out).glob("images*.npz")):
+        skipped.append("synthesize")
+    else:
+        timed("synthesize", synthesize, sy)
+    timed("relabel", relabel, rl)
+    result = timed("train", train, tr)
+    seconds["total"] = round(sum(seconds.values()), 2)
+
+    with lpldstore.open_store(rl.out) as store:
+        from lpldstore.cli import info_dict
+
+        info = info_dict(store)
+        num_classes = store.dataset.num_classes
+    squeeze_record = json.loads((Path(sq.out) / CONFIG_FILE).read_text(encoding="utf-8"))
+    report = RunReport(
+        out=str(out),
+        top1=result.top1,
+        best_top1=result.best_top1,
+        teacher_top1=squeeze_record.get("teacher_val_accuracy"),
+        num_classes=num_classes,
+        store_info=info,
+        seconds=seconds,
+        skipped=tuple(skipped),
+    )
+    if _dist.rank_and_world()[0] == 0:
+        (out / REPORT_FILE).write_text(
+            json.dumps(dataclasses.asdict(report), indent=2) + "\n", encoding="utf-8"
+        )
+        print(format_report(report))
+    return report
+
+
+def format_report(report: RunReport) -> str:
+    """The report as text: accuracy, the storage table (as ``lpldstore info``), time per stage."""
+    from lpldstore.cli import _print_info
+
+    lines = [
+        "",
+        "=" * 72,
+        f"lpld run: {report.out}",
+        "=" * 72,
+        (
+            f"student top-1 on the real validation set   {report.top1:.2%}  "
+            f"(best {report.best_top1:.2%}; chance {1 / report.num_classes:.2%})"
+        ),
+    ]
+    if report.teacher_top1 is not None:
+        lines.append(f"teacher top-1 on the same set              {report.teacher_top1:.2%}")
+    lines += ["", "storage (lpldstore info):", ""]
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        _print_info(report.store_info)
+    lines += ["  " + line for line in table.getvalue().rstrip("\n").splitlines()]
+    lines += ["", "time per stage:"]
+    for name, secs in report.seconds.items():
+        lines.append(f"  {name:<12}{secs:>9.1f} s")
+    for name in report.skipped:
+        lines.append(f"  {name:<12}  skipped (output of the same config already there)")
+    return "\n".join(lines)
