@@ -52,7 +52,7 @@ def _card(store: LabelStore, source: StoreLike) -> str:
             f"{d.num_images} distilled images ({d.image_shape[0]}x{d.image_shape[1]}, {d.num_classes} classes"
             f"{f', IPC {d.ipc}' if d.ipc else ''}) and {p.num_kept} soft-label entries of {p.batch_size} "
             f"images each, kept from {p.total_entries} ({p.epochs} augmentation epochs), in lpldstore format "
-            "version 1 (Zarr v3)."
+            f"version {store.attrs.format_version} (Zarr v3)."
         ),
         "",
         "## Dataset",

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -136,3 +138,24 @@ def test_peer_bytes_equal_really_written_lpld_files(mix: str) -> None:
     assert got["files"] == files
     assert got["lpld_sidecar"] == sidecar_bytes
     assert got["total"] == files + sidecar_bytes
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `lpldstore info STORE | head -1`: no BrokenPipeError traceback on stderr. The parent closes
+    # its end before the child (still importing torch) writes anything, so the write always fails.
+    store = tmp_path / "s.zarr"
+    with make_store(store, plan=PruningPlan(num_images=8, batch_size=4, epochs=2)) as writer:
+        fill(writer)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lpldstore.cli", "info", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 1
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
