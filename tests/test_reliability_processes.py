@@ -87,7 +87,9 @@ def test_killed_create_leaves_nothing_or_a_complete_store(tmp_path: Path) -> Non
 def test_four_writers_with_readers_watching(reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     make_store(store, plan=PLAN, layout=LAYOUT).close()
-    procs = [spawn("fill", store, "--rank", str(r), "--world", "4", "--delay", "0.01") for r in range(4)]
+    # Each writer spends >= 1.6 s writing (16 entries, 0.1 s apart) so that the readers, slow on a
+    # loaded machine, still catch the store part-filled.
+    procs = [spawn("fill", store, "--rank", str(r), "--world", "4", "--delay", "0.1") for r in range(4)]
     seen_partial = 0
     checked = 0
     with open_store(reference) as ref:
