@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lpldstore.interop._common import (
     BatchRef,
@@ -22,12 +21,10 @@ from lpldstore.interop._common import (
     PeerSource,
     RecordProblem,
     as_numpy,
-    prefix_plan,
-    relabel_for,
     sre2l_record,
 )
 from lpldstore.interop._images import ImageSet
-from lpldstore.interop.sre2l import _check_problems, epoch_batch_files, first_record, reader
+from lpldstore.interop.sre2l import reader, scan_batch_files, source_of
 
 __all__ = ["scan"]
 
@@ -45,18 +42,8 @@ def _parse(items: Any, n: int, hw: tuple[int, int], num_images: int) -> PeerBatc
 
 
 def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
-    files = epoch_batch_files(src)
-    items, batch_size = first_record(files)
+    files, items, plan = scan_batch_files(src, images, options)
     n_images = len(images)
-    plan, problems = prefix_plan(
-        num_images=n_images,
-        batch_size=batch_size,
-        last_batch="pad",
-        present=list(files),
-        epochs=options.epochs,
-        where=str(src),
-    )
-    _check_problems(problems)
     refs = [
         BatchRef(
             e,
@@ -69,13 +56,12 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         )
         for e, b in sorted(files)
     ]
-    return PeerSource(
-        layout="gvbsm",
-        plan=plan,
-        relabel=relabel_for(
-            options, mix=items[2] is not None, teacher="unknown (G-VBSM ensemble)", crop_scale=(0.08, 1.0)
-        ),
-        num_classes=int(torch.as_tensor(items[5]).shape[1]),
-        refs=refs,
+    return source_of(
+        "gvbsm",
+        plan,
+        items,
+        options,
+        refs,
+        teacher="unknown (G-VBSM ensemble)",
         notes={"composition": "ids stored in each record (item 6)"},
     )

@@ -23,12 +23,18 @@ from lpldstore.interop._common import (
     ImportOptions,
     PeerSource,
     prefix_plan,
-    relabel_for,
     replay_sampler,
     sre2l_record,
 )
 from lpldstore.interop._images import ImageSet
-from lpldstore.interop.sre2l import _check_problems, epoch_batch_files, first_record, reader, store_record
+from lpldstore.interop.sre2l import (
+    _check_problems,
+    epoch_batch_files,
+    first_record,
+    reader,
+    source_of,
+    store_record,
+)
 from lpldstore.plan import LastBatch
 from lpldstore.reader import LabelStore
 
@@ -103,16 +109,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
             )
         )
     _check_problems(problems)
-    return PeerSource(
-        layout="lpld",
-        plan=plan,
-        relabel=relabel_for(
-            options, mix=items[2] is not None, teacher="unknown (LPLD import)", crop_scale=(0.08, 1.0)
-        ),
-        num_classes=int(torch.as_tensor(items[5]).shape[1]),
-        refs=refs,
-        notes=notes,
-    )
+    return source_of("lpld", plan, items, options, refs, teacher="unknown (LPLD import)", notes=notes)
 
 
 def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:

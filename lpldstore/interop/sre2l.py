@@ -12,7 +12,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from lpldstore.interop._common import (
 )
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
+from lpldstore.plan import PruningPlan
 from lpldstore.reader import LabelStore
 
 __all__ = ["epoch_batch_files", "export", "first_record", "scan", "store_record"]
@@ -84,12 +85,14 @@ def reader(path: Path, parse: Callable[[Any], PeerBatch]) -> Callable[[], PeerBa
     return read
 
 
-def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
+def scan_batch_files(
+    src: Path, images: ImageSet, options: ImportOptions
+) -> tuple[dict[tuple[int, int], Path], list[Any], PruningPlan]:
+    """The ``epoch_e/batch_b.tar`` files of ``src``, the first record, and the prefix plan they fill."""
     files = epoch_batch_files(src)
     items, batch_size = first_record(files)
-    n_images = len(images)
     plan, problems = prefix_plan(
-        num_images=n_images,
+        num_images=len(images),
         batch_size=batch_size,
         last_batch="pad",
         present=list(files),
@@ -97,7 +100,33 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         where=str(src),
     )
     _check_problems(problems)
-    composition = list(replay_sampler(n_images, batch_size, plan.epochs))
+    return files, items, plan
+
+
+def source_of(
+    layout: str,
+    plan: PruningPlan,
+    items: Sequence[Any],
+    options: ImportOptions,
+    refs: list[BatchRef],
+    *,
+    teacher: str,
+    notes: dict[str, str],
+) -> PeerSource:
+    """A peer source whose records are the six-item SRe2L list (``items``: the first one read)."""
+    return PeerSource(
+        layout=layout,
+        plan=plan,
+        relabel=relabel_for(options, mix=items[2] is not None, teacher=teacher, crop_scale=(0.08, 1.0)),
+        num_classes=int(torch.as_tensor(items[5]).shape[1]),
+        refs=refs,
+        notes=notes,
+    )
+
+
+def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
+    files, items, plan = scan_batch_files(src, images, options)
+    composition = list(replay_sampler(len(images), plan.batch_size, plan.epochs))
     refs = []
     for e, b in sorted(files):
         ids = composition[e][b]
@@ -110,14 +139,13 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
                 reader(path, functools.partial(sre2l_record, n=len(ids), hw=images.hw, indices=ids)),
             )
         )
-    return PeerSource(
-        layout="sre2l",
-        plan=plan,
-        relabel=relabel_for(
-            options, mix=items[2] is not None, teacher="unknown (SRe2L import)", crop_scale=(0.08, 1.0)
-        ),
-        num_classes=int(torch.as_tensor(items[5]).shape[1]),
-        refs=refs,
+    return source_of(
+        "sre2l",
+        plan,
+        items,
+        options,
+        refs,
+        teacher="unknown (SRe2L import)",
         notes={"composition": "replayed RandomSampler + BatchSampler, seed 42"},
     )
 
