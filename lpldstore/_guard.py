@@ -236,7 +236,9 @@ def stale_array_metadata(store: Store, where: str) -> list[tuple[str, str]]:
     if not isinstance(consolidated, dict) or not isinstance(consolidated.get("metadata"), dict):
         return []
     found: list[tuple[str, str]] = []
-    for path in ("images", "pool", *array_paths()):
+    # Every node the consolidated copy names (pool/fidelity exists from format version 2 on) and
+    # every one the format requires, so that a node dropped from both is reported too.
+    for path in sorted({"images", "pool", *array_paths(), *consolidated["metadata"]}):
         expected = consolidated["metadata"].get(path)
         try:
             own = _read_json(store, f"{path}/zarr.json", where)

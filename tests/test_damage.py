@@ -159,6 +159,19 @@ def test_edited_array_metadata_is_reported_by_verify(tmp_path: Path) -> None:
     assert "zarr.json is missing" in problems["pool/flip"]
 
 
+def test_every_node_metadata_file_deleted_is_reported_by_verify(tmp_path: Path) -> None:
+    # Each group's and array's own zarr.json, pool/fidelity (format version 2) included.
+    template = _store(tmp_path / "t")
+    nodes = sorted(str(p.parent.relative_to(template)) for p in template.rglob("*/zarr.json"))
+    assert "pool/fidelity" in nodes
+    for i, node in enumerate(nodes):
+        path = tmp_path / f"n{i}"
+        shutil.copytree(template, path)
+        (path / node / "zarr.json").unlink()
+        problems = {p.array: p.message for p in verify_store(path).problems}
+        assert problems == {node: "its zarr.json is missing"}, node
+
+
 def test_edited_images_hash_is_reported_by_verify(tmp_path: Path) -> None:
     path = _store(tmp_path)
     root = json.loads((path / "zarr.json").read_text())
