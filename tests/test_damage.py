@@ -72,6 +72,19 @@ def test_a_damaged_logits_chunk_names_its_entry(tmp_path: Path, kind: str) -> No
     _loader_skips(path, {(e, b)})
 
 
+def test_the_loader_skips_damaged_entries_with_workers_too(tmp_path: Path) -> None:
+    # The skip marker travels back from a worker process like any batch.
+    path = _store(tmp_path)
+    damage_file(path / "pool/logits/c/5/0/0", "flip", np.random.default_rng(5))
+    loader = PoolLoader(path, policy="sequential", seed=0, skip_damaged=True, num_workers=1)
+    for epoch in range(2):  # the persistent worker serves the second epoch as well
+        loader.set_epoch(epoch)
+        with pytest.warns(DamageWarning, match="skipped 1 damaged entry"):
+            batches = list(loader)
+        assert loader.skipped == [_key(5)]
+        assert len(batches) == PLAN.num_kept - 1
+
+
 @pytest.mark.parametrize("where", ["data", "index"])
 def test_a_damaged_shard_names_the_entries_it_holds(tmp_path: Path, where: str) -> None:
     path = _store(tmp_path, sharded=True)
