@@ -12,6 +12,7 @@ import numpy.typing as npt
 from lpldstore._guard import READ_ERRORS, missing_block_chunks, stale_array_metadata
 from lpldstore._schema import ENTRY_ARRAYS, fidelity_spec, images_digest
 from lpldstore._storage import StoreLike
+from lpldstore.codecs import Codec
 from lpldstore.errors import LpldStoreError
 from lpldstore.reader import LabelStore, open_store
 
@@ -79,6 +80,7 @@ def _read(store: LabelStore, path: str, span: slice, problems: list[Problem]) ->
 
 def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bool_]:
     block = store.layout.block_entries
+    codec = store.attrs.codec.codec(store.dataset.num_classes)  # built once, not per entry
     committed = np.zeros(store.num_entries, dtype=bool)
     for start in range(0, store.num_entries, block):
         span = slice(start, min(start + block, store.num_entries))
@@ -120,7 +122,7 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
             row = {name: (None if v is None else v[i]) for name, v in rows.items()}
             for message, array in _entry_problems(store, epoch, batch, row):
                 problems.append(Problem(array, message, epoch, batch))
-            _check_logits(store, start + i, epoch, batch, problems)
+            _check_logits(store, codec, start + i, epoch, batch, problems)
     return committed
 
 
@@ -155,11 +157,13 @@ def _entry_problems(
     return found
 
 
-def _check_logits(store: LabelStore, pos: int, epoch: int, batch: int, problems: list[Problem]) -> None:
+def _check_logits(
+    store: LabelStore, codec: Codec, pos: int, epoch: int, batch: int, problems: list[Problem]
+) -> None:
     n = store.plan.batch_length(batch)
     try:
         raw = np.asarray(store.array("pool/logits")[pos])
-        logits = store.attrs.codec.codec(store.dataset.num_classes).decode(raw)
+        logits = codec.decode(raw)
     except READ_ERRORS as exc:
         problems.append(Problem("pool/logits", f"unreadable chunk ({exc})", epoch, batch))
         return
