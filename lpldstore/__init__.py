@@ -9,6 +9,7 @@ from lpldstore.augment import (
     StoredArray,
     apply_params,
     check_kernel_name,
+    crop_box_sizes,
     draw_params,
     validate_params,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "apply_params",
     "check_against_teacher",
     "check_kernel_name",
+    "crop_box_sizes",
     "derive_store",
     "draw_params",
     "entry_bytes_bound",

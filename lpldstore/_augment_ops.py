@@ -63,6 +63,49 @@ def _check_shape(arrays: Arrays, name: str, shape: tuple[int, ...]) -> npt.NDArr
 # --- random-resized crop ------------------------------------------------------------------------
 
 
+def crop_box_sizes(
+    area_u: npt.ArrayLike,
+    ratio_u: npt.ArrayLike,
+    image_hw: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Box heights, widths and found flags by ``RandomResizedCrop.get_params``'s rule, from uniforms.
+
+    ``area_u`` and ``ratio_u`` are ``(n, attempts)`` uniforms in [0, 1): attempt ``a`` of sample
+    ``i`` asks for ``area_u[i, a]`` of the scale range and ``ratio_u[i, a]`` of the log-ratio range;
+    the first attempt that fits the image wins. A sample where none fits gets torchvision's
+    fallback size (the whole image, clamped to the ratio range) and ``found`` False; its caller
+    centres it. The one crop-size rule of the project: relabel's draws and synthesis use it.
+    """
+    height, width = image_hw
+    area = height * width
+    # lo + (hi - lo) * u: the same float64 arithmetic as numpy's Generator.uniform(lo, hi).
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * np.asarray(area_u, dtype=np.float64))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * np.asarray(ratio_u, dtype=np.float64))
+    # np.rint rounds half to even, as Python's round() in torchvision does.
+    w = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)
+    h = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    found = ok.any(axis=1)
+    first = ok.argmax(axis=1)
+    rows = np.arange(len(ok))
+
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fb_w, fb_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fb_w, fb_h = round(height * max(ratio)), height
+    else:
+        fb_w, fb_h = width, height
+    # torchvision can return an empty box for extreme ratio ranges on tiny images; we never do.
+    fb_w, fb_h = min(max(fb_w, 1), width), min(max(fb_h, 1), height)
+    h_sel = np.where(found, h[rows, first], fb_h).astype(np.int64)
+    w_sel = np.where(found, w[rows, first], fb_w).astype(np.int64)
+    return h_sel, w_sel, found
+
+
 def crop_boxes(
     rng: np.random.Generator,
     image_hw: tuple[int, int],
@@ -77,29 +120,9 @@ def crop_boxes(
     is not (torchvision interleaves its draws on the global torch RNG).
     """
     height, width = image_hw
-    area = height * width
-    target_area = area * rng.uniform(scale[0], scale[1], size=(n, CROP_ATTEMPTS))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(n, CROP_ATTEMPTS)))
-    # np.rint rounds half to even, as Python's round() in torchvision does.
-    w = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    found = ok.any(axis=1)
-    first = ok.argmax(axis=1)
-    rows = np.arange(n)
-
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fb_w, fb_h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fb_w, fb_h = round(height * max(ratio)), height
-    else:
-        fb_w, fb_h = width, height
-    # torchvision can return an empty box for extreme ratio ranges on tiny images; we never do.
-    fb_w, fb_h = min(max(fb_w, 1), width), min(max(fb_h, 1), height)
-
-    h_sel = np.where(found, h[rows, first], fb_h)
-    w_sel = np.where(found, w[rows, first], fb_w)
+    area_u = rng.random((n, CROP_ATTEMPTS))
+    ratio_u = rng.random((n, CROP_ATTEMPTS))
+    h_sel, w_sel, found = crop_box_sizes(area_u, ratio_u, image_hw, scale, ratio)
     # Drawn for every sample (fallbacks included) so that the stream use does not depend on them.
     top = rng.integers(0, height - h_sel + 1)
     left = rng.integers(0, width - w_sel + 1)

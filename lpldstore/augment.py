@@ -34,7 +34,7 @@ import numpy.typing as npt
 import torch
 
 from lpldstore import _augment_ops as ops
-from lpldstore._augment_ops import CROP_ATTEMPTS, CUTOUT_FACTOR, BatchGeometry
+from lpldstore._augment_ops import CROP_ATTEMPTS, CUTOUT_FACTOR, BatchGeometry, crop_box_sizes
 from lpldstore.config import DEFAULT_KERNEL, RelabelConfig
 from lpldstore.errors import ConfigError, ValidationError
 
@@ -51,6 +51,7 @@ __all__ = [
     "StoredArray",
     "apply_params",
     "augment_rng",
+    "crop_box_sizes",
     "check_kernel_name",
     "draw_params",
     "validate_params",
