@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lpldstore import DatasetInfo, PruningPlan, RelabelConfig, StoreWriter, open_store
-from lpldstore.cli import _print_info, info_dict
+from lpldstore import (
+    DatasetInfo,
+    PruningPlan,
+    RelabelConfig,
+    StoreWriter,
+    format_store_info,
+    open_store,
+    store_info,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -88,12 +95,12 @@ def main() -> None:
             seed=args.seed,
         )
         with open_store(tmp / "store.zarr") as store:
-            info = info_dict(store)
+            info = store_info(store)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["source"] = "random data: " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out")
     info["build_seconds"] = round(seconds, 1)
-    _print_info(info)
+    print(format_store_info(info))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(info, indent=2) + "\n")
     print(f"\nsaved {args.out}")

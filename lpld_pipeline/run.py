@@ -10,9 +10,7 @@ stage) is printed and saved as ``report.json``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path
@@ -101,9 +99,7 @@ def _run(config: RunConfig) -> RunReport:
     seconds["total"] = round(sum(seconds.values()), 2)
 
     with lpldstore.open_store(rl.out) as store:
-        from lpldstore.cli import info_dict
-
-        info = info_dict(store)
+        info = lpldstore.store_info(store)
         num_classes = store.dataset.num_classes
     squeeze_record = json.loads((Path(sq.out) / CONFIG_FILE).read_text(encoding="utf-8"))
     report = RunReport(
@@ -126,8 +122,6 @@ def _run(config: RunConfig) -> RunReport:
 
 def format_report(report: RunReport) -> str:
     """The report as text: accuracy, the storage table (as ``lpldstore info``), time per stage."""
-    from lpldstore.cli import _print_info
-
     lines = [
         "",
         "=" * 72,
@@ -141,10 +135,8 @@ def format_report(report: RunReport) -> str:
     if report.teacher_top1 is not None:
         lines.append(f"teacher top-1 on the same set              {report.teacher_top1:.2%}")
     lines += ["", "storage (lpldstore info):", ""]
-    table = io.StringIO()
-    with contextlib.redirect_stdout(table):
-        _print_info(report.store_info)
-    lines += ["  " + line for line in table.getvalue().rstrip("\n").splitlines()]
+    table = lpldstore.format_store_info(report.store_info)
+    lines += ["  " + line for line in table.rstrip("\n").splitlines()]
     lines += ["", "time per stage:"]
     for name, secs in report.seconds.items():
         lines.append(f"  {name:<12}{secs:>9.1f} s")

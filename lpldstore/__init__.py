@@ -26,6 +26,7 @@ from lpldstore.errors import (
     FormatError,
     InteropError,
     LpldStoreError,
+    MissingDependencyError,
     NotAStoreError,
     StoreDamagedError,
     StoreExistsError,
@@ -34,6 +35,7 @@ from lpldstore.errors import (
     ValidationError,
 )
 from lpldstore.fidelity import Fidelity
+from lpldstore.info import format_store_info, store_info
 from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
 from lpldstore.pack import pack_store, unpack_store
 from lpldstore.plan import PruningPlan
@@ -67,6 +69,7 @@ __all__ = [
     "LoaderConfig",
     "Layout",
     "LpldStoreError",
+    "MissingDependencyError",
     "NotAStoreError",
     "Policy",
     "PoolBatch",
@@ -92,6 +95,7 @@ __all__ = [
     "derive_store",
     "draw_params",
     "entry_bytes_bound",
+    "format_store_info",
     "epoch_schedule",
     "open_store",
     "pack_store",
@@ -101,6 +105,7 @@ __all__ = [
     "prune",
     "recode",
     "storage_bytes",
+    "store_info",
     "store_card",
     "unpack_store",
     "validate_params",

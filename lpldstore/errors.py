@@ -15,6 +15,7 @@ __all__ = [
     "FormatError",
     "InteropError",
     "LpldStoreError",
+    "MissingDependencyError",
     "NotAStoreError",
     "StoreDamagedError",
     "StoreExistsError",
@@ -25,7 +26,7 @@ __all__ = [
 
 
 class LpldStoreError(Exception):
-    """Base class of every error raised by lpldstore."""
+    """Base class of every error raised by lpldstore and lpld_pipeline."""
 
 
 class ConfigError(LpldStoreError, ValueError):
@@ -74,6 +75,10 @@ class UnsafePickleError(InteropError):
 
 class ArtifactError(LpldStoreError, OSError):
     """A packed store (zip) or its checksum is missing, damaged or unsafe to unpack."""
+
+
+class MissingDependencyError(LpldStoreError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 class DamageWarning(UserWarning):
