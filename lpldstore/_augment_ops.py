@@ -88,7 +88,7 @@ def crop_box_sizes(
     w = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)
     h = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    found = ok.any(axis=1)
+    found = np.asarray(ok.any(axis=1), dtype=np.bool_)
     first = ok.argmax(axis=1)
     rows = np.arange(len(ok))
 
