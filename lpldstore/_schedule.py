@@ -13,6 +13,11 @@ Policies
     one entry, whose lengths then differ.
 ``sequential``
     The whole pool in store order.
+``order``
+    Training epoch ``e`` replays stored epoch ``e``: the official LPLD code's ``--prune_metric
+    order`` (the SRe2L/FKD replay). Precisely, the ``(e mod K)``-th of the ``K`` epochs that
+    ``epoch`` draws from, its kept entries in batch order; with every epoch stored (1x) and as many
+    training epochs, training epoch ``e`` is stored epoch ``e``, and a pruned store is cycled through.
 
 Distributed sharing: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule padded by
 wrapping around to a multiple of ``w``, so every rank has the same number of steps and the union
@@ -31,11 +36,11 @@ from lpldstore.plan import PruningPlan
 
 __all__ = ["Policy", "epoch_schedule", "rank_share"]
 
-Policy = Literal["ilp", "epoch", "sequential"]
+Policy = Literal["ilp", "epoch", "sequential", "order"]
 
 # Keeps the loader's draws apart from the plan's and the augmentations' streams for equal seeds.
 _LOADER_STREAM = 0x4C4F4144
-_POLICY_STREAM = {"ilp": 0, "epoch": 1, "sequential": 2}
+_POLICY_STREAM = {"ilp": 0, "epoch": 1, "sequential": 2, "order": 3}
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -54,7 +59,7 @@ def check_policy(policy: object) -> Policy:
 
 
 def stored_epochs(plan: PruningPlan) -> npt.NDArray[np.int64]:
-    """The epochs that the ``epoch`` policy draws from (see the module docstring)."""
+    """The epochs that the ``epoch`` and ``order`` policies replay (see the module docstring)."""
     epochs, counts = np.unique(plan.kept_keys[:, 0], return_counts=True)
     complete = epochs[counts == plan.batches_per_epoch]
     return (complete if complete.size else epochs).astype(np.int64)
@@ -78,8 +83,9 @@ def epoch_schedule(
     if policy == "ilp":
         steps = plan.batches_per_epoch if steps_per_epoch is None else steps_per_epoch
         out = rng.integers(0, plan.num_kept, size=steps, dtype=np.int64)
-    elif policy == "epoch":
-        chosen = rng.choice(stored_epochs(plan))
+    elif policy in ("epoch", "order"):
+        epochs = stored_epochs(plan)
+        chosen = rng.choice(epochs) if policy == "epoch" else epochs[epoch % len(epochs)]
         # kept_keys is sorted by (epoch, batch), so the matching positions are in batch order.
         out = np.flatnonzero(plan.kept_keys[:, 0] == chosen).astype(np.int64)
     else:
