@@ -30,6 +30,7 @@ from lpldstore.budget import parse_size, plan_for_budget
 from lpldstore.config import CodecConfig
 from lpldstore.errors import ConfigError, StoreExistsError, ValidationError
 from lpldstore.fidelity import FIDELITY_FIELDS, fidelity_sums
+from lpldstore.label_metrics import select_by_metric
 from lpldstore.plan import PruningPlan
 from lpldstore.reader import LabelStore, open_store
 from lpldstore.sizes import storage_bytes
@@ -197,14 +198,26 @@ def prune(
     ratio: float | None = None,
     budget: int | str | None = None,
     strategy: str | None = None,
+    metric: str | None = None,
+    keep: str = "easy",
 ) -> Path:
     """A store keeping fewer of ``source``'s entries: at ``ratio`` of the full schedule, or within ``budget`` bytes.
 
     With a budget the ratio is chosen from the parent's measured bytes per entry and checked after
-    writing; if compression made the kept entries larger than the average, fewer are kept.
+    writing; if compression made the kept entries larger than the average, fewer are kept. With a
+    ``metric`` (``confidence`` or ``margin`` of the stored logits, see :mod:`lpldstore.label_metrics`)
+    the ``keep="easy"`` (highest) or ``"hard"`` (lowest) entries are kept instead of the strategy's.
     """
     if (ratio is None) == (budget is None):
         raise ConfigError("Give exactly one of ratio and budget.")
+    if metric is not None:
+        if ratio is None or strategy is not None:
+            raise ConfigError(
+                "Pruning by a metric takes a ratio and no strategy (it chooses the entries itself)."
+            )
+        with open_store(source) as parent:
+            plan = select_by_metric(parent, ratio, metric, keep)  # type: ignore[arg-type]
+        return derive_store(source, out, plan=plan, operation=f"prune by {metric} ({keep})")
     with open_store(source) as parent:
         base = PruningPlan.from_dict(parent.plan.to_dict() | ({"strategy": strategy} if strategy else {}))
         if ratio is not None:
@@ -254,7 +267,15 @@ def recode(source: str | os.PathLike[str], out: str | os.PathLike[str], *, codec
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    path = prune(args.store, args.out, ratio=args.ratio, budget=args.budget, strategy=args.strategy)
+    path = prune(
+        args.store,
+        args.out,
+        ratio=args.ratio,
+        budget=args.budget,
+        strategy=args.strategy,
+        metric=args.metric,
+        keep=args.keep,
+    )
     with open_store(path) as store:
         print(
             f"{path}: {store.num_entries} entries ({store.plan.strategy} x{store.plan.ratio:g}), {storage_bytes(store)['total']:,} bytes"
@@ -285,6 +306,17 @@ def add_commands(sub: Any) -> None:
     size.add_argument("--ratio", type=float, help="keep 1/RATIO of the full schedule's entries")
     size.add_argument("--budget", help="keep as many entries as fit, images included, e.g. 100MB")
     p.add_argument("--strategy", choices=("prefix", "random", "epoch"), help="default: the parent's")
+    p.add_argument(
+        "--metric",
+        choices=("confidence", "margin"),
+        help="keep entries by this metric of the stored logits instead (with --ratio; no teacher)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=("easy", "hard"),
+        default="easy",
+        help="with --metric: highest or lowest (default easy)",
+    )
     p.set_defaults(run=_cmd_prune)
     r = sub.add_parser("recode", help="derive a store with the logits in another codec")
     r.add_argument("store", help="the parent store directory")

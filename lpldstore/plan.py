@@ -16,6 +16,9 @@ Strategies
     ``floor(total / ratio)`` ids drawn uniformly without replacement.
 ``epoch``
     The first ``max(1, floor(epochs / ratio))`` whole epochs (LPLD's epoch-level pool).
+``selected``
+    The global ids listed in ``selection``, chosen outside the plan (by a metric of the stored
+    logits: :func:`lpldstore.label_metrics.select_by_metric`); ``ratio`` records the ratio asked for.
 
 Batch composition
 -----------------
@@ -32,7 +35,7 @@ import dataclasses
 import math
 from fractions import Fraction
 from functools import cached_property
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +45,7 @@ from lpldstore.errors import ConfigError, EntryError
 
 __all__ = ["Composition", "LastBatch", "PruningPlan", "Strategy"]
 
-Strategy = Literal["prefix", "random", "epoch"]
+Strategy = Literal["prefix", "random", "epoch", "selected"]
 LastBatch = Literal["drop", "pad"]
 Composition = Literal["seeded", "explicit"]
 
@@ -76,6 +79,9 @@ class PruningPlan(_Record):
         ``drop`` or ``pad`` a short last batch of an epoch.
     composition
         ``seeded`` (batches are a function of ``seed``) or ``explicit`` (given by the writer).
+    selection
+        The sorted global ids that a ``selected`` plan keeps; empty for every other strategy (and
+        then left out of :meth:`to_dict`, so other plans' records are unchanged).
     """
 
     record_name: ClassVar[str] = "plan"
@@ -88,6 +94,7 @@ class PruningPlan(_Record):
     seed: int = 0
     last_batch: LastBatch = "drop"
     composition: Composition = "seeded"
+    selection: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _int_field("num_images", self.num_images, 1)
@@ -113,6 +120,7 @@ class PruningPlan(_Record):
         ):
             if value not in allowed:
                 raise ConfigError(f"plan.{name} must be one of {allowed}. Got {value!r} instead.")
+        self._check_selection()
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"A plan with last_batch='drop' needs at least one full batch: num_images ({self.num_images}) "
@@ -124,6 +132,27 @@ class PruningPlan(_Record):
                 f"({self.epochs} epochs x {self.batches_per_epoch} batches); use a ratio of at most "
                 f"{self.total_entries if self.strategy != 'epoch' else self.epochs}."
             )
+
+    def _check_selection(self) -> None:
+        if (self.strategy == "selected") != bool(self.selection):
+            raise ConfigError(
+                "plan.selection lists the kept ids of a 'selected' plan and only of one. Got strategy "
+                f"{self.strategy!r} with {len(self.selection)} selected ids instead."
+            )
+        if self.selection:
+            ids = np.asarray(self.selection)
+            total = self.epochs * self.batches_per_epoch
+            if ids.dtype.kind not in "iu" or (np.diff(ids) <= 0).any() or ids[0] < 0 or ids[-1] >= total:
+                raise ConfigError(
+                    f"plan.selection must be strictly increasing integer ids in [0, {total}). "
+                    f"Got {len(ids)} ids from {self.selection[0]!r} to {self.selection[-1]!r} instead."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not self.selection:
+            del out["selection"]
+        return out
 
     # -- sizes ---------------------------------------------------------------------------------
 
@@ -140,6 +169,8 @@ class PruningPlan(_Record):
 
     @property
     def num_kept(self) -> int:
+        if self.strategy == "selected":
+            return len(self.selection)
         if self.strategy == "epoch":
             return self._kept_epochs * self.batches_per_epoch
         # Fraction keeps the arithmetic exact: 23400 entries at ratio 40 keep exactly 585.
@@ -172,6 +203,8 @@ class PruningPlan(_Record):
         if self.strategy == "random":
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, _SELECTION_STREAM]))
             ids = np.sort(rng.choice(total, size=kept, replace=False)).astype(np.int64)
+        elif self.strategy == "selected":
+            ids = np.asarray(self.selection, dtype=np.int64)
         else:
             ids = np.arange(kept, dtype=np.int64)
         ids.flags.writeable = False
