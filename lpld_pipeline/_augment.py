@@ -73,13 +73,15 @@ def draw_params(
     ratio: tuple[float, float],
     flip: bool,
     jitter: int,
+    symmetric_jitter: bool = False,
 ) -> AugParams:
     """Random-resized-crop boxes, flips and jitter for each group.
 
     Box sizes follow the project's one crop-size rule (:func:`lpldstore.crop_box_sizes`:
     torchvision's ``RandomResizedCrop`` with its ratio-clamped fallback), fed with this module's
     counter-based uniforms; a box is placed at ``floor(u * (H - h + 1))``, or centred where no
-    attempt fitted.
+    attempt fitted. The jitter is a cyclic shift by ``[0, jitter]`` pixels per axis, or by
+    ``[-jitter, jitter]`` with ``symmetric_jitter``.
     """
     u = uniforms(seed, keys, iteration, _SLOTS)
     height, width = size
@@ -89,7 +91,8 @@ def draw_params(
     left = np.where(found, np.floor(u[:, 21] * (width - w + 1)), (width - w) // 2).astype(np.int64)
     boxes = np.stack([top, left, h, w], axis=1).astype(np.int64)
     flips = (u[:, 22] < 0.5) if flip else np.zeros(len(u), dtype=bool)
-    shifts = np.floor(u[:, 23:25] * (jitter + 1)).astype(np.int64)
+    low, span = (-jitter, 2 * jitter + 1) if symmetric_jitter else (0, jitter + 1)
+    shifts = (low + np.floor(u[:, 23:25] * span)).astype(np.int64)
     return AugParams(boxes=boxes, flips=flips, shifts=shifts)
 
 

@@ -1,16 +1,20 @@
-"""Squeeze: exact class-wise BatchNorm statistics of a teacher over real data.
+"""Squeeze: class-wise BatchNorm statistics of a teacher over real data.
 
 Forward pre-hooks on every BatchNorm layer read the layer's input and add, per class, the sums
 and sums of squares over (N, H, W) and the element counts, all in float64; under torchrun the sums
-are all-reduced across ranks. The means and biased variances follow from these exact moments, not
-from an exponential average of per-batch moments as in the reference ``ClassAwareBatchNorm2d``.
+are all-reduced across ranks. By default (``exact``) the means and biased variances follow from
+these exact moments. ``ema`` computes them as the reference ``ClassAwareBatchNorm2d`` does
+instead: each batch's per-class mean and biased variance, folded into a running average (momentum
+0.1) that starts at mean 0 and variance 1. The statistics are collected under the training
+augmentation when ``data.augment`` is set (the reference squeeze uses its training transform).
 
 Artifact format (``bnstats.pt``, ``torch.save`` of plain containers, loadable with
 ``weights_only=True``)::
 
     format          "lpld-class-bn-stats"
     format_version  1
-    meta            JSON str: teacher (TeacherSpec), teacher_sha256, class_names, image_size, dataset
+    meta            JSON str: teacher (TeacherSpec), teacher_sha256, class_names, image_size, dataset,
+                    estimator ("exact" or "ema"), flip_preserves_labels (absent in older files: exact, true)
     layers          [BN module names in forward-registration order]
     mean, var       {layer: float32 [num_classes, channels]}  (biased variance; 0 / 1 for empty classes)
     count           {layer: int64 [num_classes]} elements (images x H x W) behind each class's moments
@@ -24,6 +28,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,7 @@ from lpld_pipeline.teacher import (
     save_teacher_checkpoint,
     teacher_accuracy,
 )
+from lpld_pipeline.views import Views, training_views
 
 __all__ = [
     "BN_TYPES",
@@ -77,12 +83,28 @@ class ClassMoments:
     """Per-class float64 sums, sums of squares and counts of every BN layer's input.
 
     Use :meth:`observe` as a context manager around forward passes whose labels it is given;
-    outside it the hooks are removed and the model is untouched.
+    outside it the hooks are removed and the model is untouched. With ``estimator="ema"`` it also
+    keeps the reference's running averages of per-batch class moments (``momentum``), which
+    :meth:`mean_var` then returns.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        device: torch.device,
+        *,
+        estimator: str = "exact",
+        momentum: float = 0.1,
+    ) -> None:
+        if estimator not in ("exact", "ema"):
+            raise ConfigError(f"Expected estimator 'exact' or 'ema'. Got {estimator!r} instead.")
         self.layers = batchnorm_layers(model)
         self.num_classes = num_classes
+        self.estimator = estimator
+        self.momentum = momentum
+        self.ema_mean: dict[str, torch.Tensor] = {}
+        self.ema_var: dict[str, torch.Tensor] = {}
         self.sums: dict[str, torch.Tensor] = {}
         self.sumsq: dict[str, torch.Tensor] = {}
         self.count: dict[str, torch.Tensor] = {}
@@ -91,6 +113,9 @@ class ClassMoments:
             self.sums[name] = torch.zeros(num_classes, c, dtype=torch.float64, device=device)
             self.sumsq[name] = torch.zeros(num_classes, c, dtype=torch.float64, device=device)
             self.count[name] = torch.zeros(num_classes, dtype=torch.float64, device=device)
+            if estimator == "ema":  # the reference buffers' initial values
+                self.ema_mean[name] = torch.zeros(num_classes, c, dtype=torch.float64, device=device)
+                self.ema_var[name] = torch.ones(num_classes, c, dtype=torch.float64, device=device)
         self.images = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self._labels: torch.Tensor | None = None
 
@@ -103,12 +128,34 @@ class ClassMoments:
             dims = tuple(range(2, x.ndim))
             per_sample = x.sum(dims) if dims else x
             per_sample_sq = (x * x).sum(dims) if dims else x * x
-            elements = x[0, 0].numel()
+            elements = torch.full_like(labels, x[0, 0].numel(), dtype=torch.float64)
             self.sums[name].index_add_(0, labels, per_sample)
             self.sumsq[name].index_add_(0, labels, per_sample_sq)
-            self.count[name].index_add_(0, labels, torch.full_like(labels, elements, dtype=torch.float64))
+            self.count[name].index_add_(0, labels, elements)
+            if self.estimator == "ema":
+                self._ema_update(name, labels, per_sample, per_sample_sq, elements)
 
         return hook
+
+    def _ema_update(
+        self,
+        name: str,
+        labels: torch.Tensor,
+        per_sample: torch.Tensor,
+        per_sample_sq: torch.Tensor,
+        elements: torch.Tensor,
+    ) -> None:
+        # This batch's mean and biased variance of each class present, over its (N_c, H, W).
+        k, c = self.num_classes, per_sample.shape[1]
+        n = per_sample.new_zeros(k).index_add_(0, labels, elements)
+        s = per_sample.new_zeros(k, c).index_add_(0, labels, per_sample)
+        q = per_sample.new_zeros(k, c).index_add_(0, labels, per_sample_sq)
+        present = n > 0
+        mean = s[present] / n[present, None]
+        var = (q[present] / n[present, None] - mean * mean).clamp_min(0)
+        m = self.momentum
+        self.ema_mean[name][present] = (1 - m) * self.ema_mean[name][present] + m * mean
+        self.ema_var[name][present] = (1 - m) * self.ema_var[name][present] + m * var
 
     @contextmanager
     def observe(self, labels: torch.Tensor) -> Iterator[None]:
@@ -129,6 +176,11 @@ class ClassMoments:
 
     def all_reduce(self) -> None:
         """Sum the moments over torchrun ranks (no-op in one process)."""
+        if self.estimator == "ema" and _dist.rank_and_world()[1] > 1:
+            raise ConfigError(
+                "Expected one process for class_stats='ema': a running average over batches has no sum over "
+                "ranks (the reference keeps rank 0's). Run squeeze without torchrun, or use class_stats='exact'."
+            )
         for name, _ in self.layers:
             _dist.all_reduce_sum(self.sums[name])
             _dist.all_reduce_sum(self.sumsq[name])
@@ -137,6 +189,10 @@ class ClassMoments:
 
     def mean_var(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-class mean and biased variance in float64; 0 and 1 where a class has no data."""
+        if self.estimator == "ema":
+            return {k: v.clone() for k, v in self.ema_mean.items()}, {
+                k: v.clone() for k, v in self.ema_var.items()
+            }
         means, variances = {}, {}
         for name, _ in self.layers:
             n = self.count[name].clamp_min(1)[:, None]
@@ -162,6 +218,8 @@ class ClassBNStats:
     teacher_sha256: str
     image_size: int
     dataset: str = ""
+    estimator: str = "exact"
+    flip_preserves_labels: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +241,8 @@ def save_class_stats(stats: ClassBNStats, path: str | Path) -> None:
         "class_names": list(stats.class_names),
         "image_size": stats.image_size,
         "dataset": stats.dataset,
+        "estimator": stats.estimator,
+        "flip_preserves_labels": stats.flip_preserves_labels,
     }
     torch.save(
         {
@@ -231,6 +291,8 @@ def load_class_stats(path: str | Path) -> ClassBNStats:
         teacher_sha256=meta["teacher_sha256"],
         image_size=int(meta["image_size"]),
         dataset=str(meta.get("dataset", "")),
+        estimator=str(meta.get("estimator", "exact")),
+        flip_preserves_labels=bool(meta.get("flip_preserves_labels", True)),
     )
 
 
@@ -245,11 +307,16 @@ def compute_class_stats(
     device: torch.device | None = None,
     progress: bool = False,
     dataset_name: str = "",
+    estimator: str = "exact",
+    momentum: float = 0.1,
+    views: Views | None = None,
+    flip_preserves_labels: bool = True,
 ) -> ClassBNStats:
-    """Exact class-wise BN statistics of ``teacher`` (eval mode) over ``dataset``.
+    """Class-wise BN statistics of ``teacher`` (eval mode) over ``dataset`` (see :class:`ClassMoments`).
 
-    Under torchrun each rank reads every ``world``-th sample (no padding, so nothing is counted
-    twice) and the moments are all-reduced; every rank returns the same result.
+    ``views`` draws a training view of every batch first (epoch 0, the batch's index). Under
+    torchrun each rank reads every ``world``-th sample (no padding, so nothing is counted twice)
+    and the moments are all-reduced; every rank returns the same result.
     """
     device = device or torch.device("cpu")
     class_names = class_names_of(dataset)
@@ -261,12 +328,15 @@ def compute_class_stats(
         shard, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
     teacher.eval()
-    moments = ClassMoments(teacher.model, len(class_names), device)
+    moments = ClassMoments(teacher.model, len(class_names), device, estimator=estimator, momentum=momentum)
     bar = tqdm(loader, desc="squeeze", disable=None if progress and rank == 0 else True, file=sys.stderr)
-    for x, y in bar:
+    for index, (x, y) in enumerate(bar):
         labels = y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)
+        if views is not None:
+            x = views(x, 0, index * world + rank)
         with moments.observe(labels):
-            teacher(x.to(device, non_blocking=True))
+            teacher(x)
     moments.all_reduce()
     mean, var = moments.mean_var()
     return ClassBNStats(
@@ -280,6 +350,8 @@ def compute_class_stats(
         teacher_sha256=teacher.sha256(),
         image_size=image_size,
         dataset=dataset_name,
+        estimator=estimator,
+        flip_preserves_labels=flip_preserves_labels,
     )
 
 
@@ -296,10 +368,20 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
     device = _dist.resolve_device(config.device)
     _dist.init_from_env(device)
     rank, _ = _dist.rank_and_world()
-    train = build_dataset(config.data, "train")
+    data = config.data
+    train = build_dataset(data, "train")
     num_classes = len(class_names_of(train))
+    # The teacher learns from plain images (an ImageFolder's eval transform), plus relabel's views.
+    plain = (
+        train if data.name == "digits" or not data.augment else build_dataset(replace(data, augment=False))
+    )
     teacher = make_teacher(
-        config.teacher, num_classes=num_classes, train_data=train, seed=config.seed, device=device
+        config.teacher,
+        num_classes=num_classes,
+        train_data=plain,
+        seed=config.seed,
+        device=device,
+        views=training_views(data, config.seed) if config.teacher.train_augment else None,
     )
     # Trained on the spot on several GPUs, ranks could differ in the last bits: rank 0's weights win.
     _broadcast_weights(teacher)
@@ -311,7 +393,12 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
         num_workers=config.data.num_workers,
         device=device,
         progress=config.progress,
-        dataset_name=config.data.name if config.data.name == "digits" else config.data.root,
+        dataset_name=data.name if data.name == "digits" else data.root,
+        estimator=config.class_stats,
+        momentum=config.ema_momentum,
+        # An ImageFolder's training transform augments in the dataset; the digits are augmented here.
+        views=training_views(data, config.seed) if data.augment and data.name == "digits" else None,
+        flip_preserves_labels=data.flip_preserves_labels,
     )
     if config.out and rank == 0:
         out = Path(config.out)

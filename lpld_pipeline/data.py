@@ -4,11 +4,18 @@ Datasets yield ``(image, label)`` with ``image`` a float32 tensor (3, H, W) in [
 normalizes. The digits set is scikit-learn's bundled 1,797 handwritten 8x8 digits (10 classes,
 installed with the package, no download), upsampled to RGB ``image_size`` squares and split
 deterministically (stratified, 80/20, fixed seed).
+
+Training augmentation (``DataConfig.augment``) of an ImageFolder is torchvision's
+random-resized crop of the full image, plus a flip where flips preserve labels, in the dataset,
+as the reference squeeze does. The digits are all ``image_size`` squares in memory: their views
+are drawn per batch by the stage that needs them, with lpldstore's kernels
+(:class:`lpld_pipeline.views.Views`), so :func:`build_dataset` serves them plain.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,19 +90,41 @@ def _imagefolder(config: DataConfig, split: str) -> Dataset[tuple[torch.Tensor, 
     if not folder.is_dir():
         raise DataError(f"Expected an ImageFolder directory at {str(folder)!r}. Got nothing there.")
     size = config.image_size
+    tf: Any
     if config.augment and split == "train":
-        tf = transforms.Compose(
-            [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
-        )
-    else:
+        steps: list[Any] = [transforms.RandomResizedCrop(size, scale=config.crop_scale)]
+        if config.flip_preserves_labels:
+            steps.append(transforms.RandomHorizontalFlip())
+        tf = transforms.Compose([*steps, transforms.ToTensor()])
+    elif config.eval_transform == "resize_center_crop":
         tf = transforms.Compose(
             [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor()]
         )
+    elif config.eval_transform == "resize":
+        tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+    else:
+        tf = transforms.Compose([_RequireSize(size), transforms.ToTensor()])
     try:
         dataset: Dataset[tuple[torch.Tensor, int]] = datasets.ImageFolder(str(folder), transform=tf)
     except FileNotFoundError as exc:
         raise DataError(f"No images found under {str(folder)!r}: {exc}") from exc
     return dataset
+
+
+class _RequireSize:
+    """``eval_transform='none'``: the images are used as they are, so they must have the size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Any) -> Any:
+        if tuple(image.size) != (self.size, self.size):
+            raise DataError(
+                f"Expected {self.size}x{self.size} images with eval_transform='none' (the Tiny-ImageNet "
+                f"recipe uses its 64 px images as they are). Got an image of {image.size[0]}x{image.size[1]}; "
+                "set data.eval_transform to 'resize' or 'resize_center_crop'."
+            )
+        return image
 
 
 def build_dataset(config: DataConfig, split: str = "train") -> Dataset[tuple[torch.Tensor, int]]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 import lpldstore
 from lpld_pipeline import _dist, artifacts
-from lpld_pipeline.config import RelabelStageConfig, config_to_dict
+from lpld_pipeline.config import DataConfig, RelabelStageConfig, config_from_dict, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
 from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
 from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
@@ -51,12 +51,16 @@ class RelabelResult:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means float32 (always on CPU)."""
-    if device.type != "cuda" or amp == "none":
+    """The autocast dtype for ``amp`` on ``device``; None means float32.
+
+    ``auto`` is bf16 on a GPU and float32 on the CPU; ``bf16`` and ``fp16`` ask for that dtype on
+    any device (slow on most CPUs, but it is what was asked for).
+    """
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "fp16":
         return torch.float16
-    return torch.bfloat16  # "auto" and "bf16"
+    return torch.bfloat16  # "auto" on a GPU and "bf16"
 
 
 @torch.no_grad()
@@ -114,19 +118,28 @@ def relabel_entries(
     return done
 
 
-def _dataset_name(squeeze_dir: Path) -> str:
+def _squeeze_data(squeeze_dir: Path) -> tuple[str, bool]:
+    """The squeeze data's name and whether its flips preserve labels (no record: a photo set)."""
     record = artifacts.read_record(squeeze_dir, "squeeze")
-    if record is not None:
-        data = record.get("config", {}).get("data", {})
-        name = data.get("name", "")
-        return str(name if name != "imagefolder" else Path(data.get("root", "imagefolder")).name)
-    return "distilled"
+    if record is None:
+        return "distilled", True
+    data = config_from_dict(DataConfig, record.get("config", {}).get("data", {}), prefix="data.")
+    name = data.name if data.name != "imagefolder" else Path(data.root or "imagefolder").name
+    return name, data.flip_preserves_labels
 
 
 def store_records(
-    config: RelabelStageConfig, teacher: Teacher, synth: SynthesisResult, dataset_name: str = "distilled"
+    config: RelabelStageConfig,
+    teacher: Teacher,
+    synth: SynthesisResult,
+    dataset_name: str = "distilled",
+    *,
+    flip_preserves_labels: bool = True,
 ) -> dict[str, Any]:
-    """The plan, dataset, relabel, codec and layout records of the store ``config`` describes."""
+    """The plan, dataset, relabel, codec and layout records of the store ``config`` describes.
+
+    ``flip_prob`` None becomes 0.5 if ``flip_preserves_labels``, else 0.
+    """
     images = synth.images
     if images.ndim != 4 or len(images) == 0:
         raise ArtifactError(f"Expected synthesized images (N, H, W, 3). Got shape {images.shape} instead.")
@@ -156,7 +169,9 @@ def store_records(
             teacher_sha256=teacher.sha256(),
             crop_scale=config.crop_scale,
             crop_ratio=config.crop_ratio,
-            flip_prob=config.flip_prob,
+            flip_prob=config.flip_prob
+            if config.flip_prob is not None
+            else (0.5 if flip_preserves_labels else 0.0),
             mix=config.mix,
             mix_alpha=config.mix_alpha,
             seed=config.aug_seed,
@@ -209,7 +224,8 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
     if config.channels_last:
         teacher.model.to(memory_format=torch.channels_last)
     synth = load_synthesized(config.synth_dir)
-    records = store_records(config, teacher, synth, _dataset_name(squeeze_dir))
+    name, flips_ok = _squeeze_data(squeeze_dir)
+    records = store_records(config, teacher, synth, name, flip_preserves_labels=flips_ok)
     existed = out.exists()
     _barrier()  # every rank has looked before rank 0 may create the store
     if existed and not config.resume:

@@ -40,6 +40,7 @@ from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
 
 __all__ = [
     "Group",
+    "jpeg_roundtrip",
     "SynthesisResult",
     "load_synthesized",
     "plan_groups",
@@ -182,7 +183,7 @@ def _optimize(
     opt = torch.optim.Adam([x], lr=config.lr, betas=config.betas, eps=config.eps)
     match.group_of = group_of
     match.counts = sizes.to(device)
-    use_amp = config.amp == "bf16" and device.type == "cuda"
+    use_amp = config.amp == "bf16"
     lo, hi = bounds
     for it in range(config.iterations):
         for pg in opt.param_groups:
@@ -194,8 +195,9 @@ def _optimize(
             size=(size, size),
             scale=config.crop_scale,
             ratio=config.crop_ratio,
-            flip=config.flip,
+            flip=bool(config.flip),
             jitter=config.jitter,
+            symmetric_jitter=config.jitter_range == "symmetric",
         )
         inputs = _augment.apply_params(x, params, group_of)
         if config.channels_last:
@@ -234,9 +236,12 @@ def synthesize_images(
 
     ``stats`` may be None only for modes that match global statistics. ``callback(batch,
     iteration)`` runs after every optimizer step (timing, logging). ``config.channels_last``
-    converts the teacher's memory format in place (values are unchanged).
+    converts the teacher's memory format in place (values are unchanged). ``config.flip`` None
+    flips where the statistics' data say flips preserve labels (always, without statistics).
     """
     device = device or torch.device("cpu")
+    if config.flip is None:
+        config = dataclasses.replace(config, flip=stats.flip_preserves_labels if stats is not None else True)
     num_classes = len(class_names)
     classes = list(config.classes) or list(range(num_classes))
     bad = [c for c in classes if c >= num_classes]
@@ -301,15 +306,37 @@ def synthesize_images(
     return SynthesisResult(images[order], labels[order], indices[order], tuple(class_names))
 
 
-def save_imagefolder(result: SynthesisResult, root: str | Path) -> None:
-    """Write PNGs as ``root/<class name>/<class>_<index>.png`` (readable by torchvision ImageFolder)."""
+def save_imagefolder(
+    result: SynthesisResult, root: str | Path, *, image_format: str = "png", jpeg_quality: int = 75
+) -> None:
+    """Write ``root/<class name>/<class>_<index>.png`` (or ``.jpg``), readable by torchvision ImageFolder."""
     from PIL import Image
 
     root = Path(root)
+    suffix = ".jpg" if image_format == "jpeg" else ".png"
     for image, label, index in zip(result.images, result.labels, result.indices, strict=True):
         folder = root / result.class_names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{int(label):05d}_{int(index):04d}.png")
+        path = folder / f"{int(label):05d}_{int(index):04d}{suffix}"
+        if image_format == "jpeg":
+            Image.fromarray(image).save(path, format="JPEG", quality=jpeg_quality)
+        else:
+            Image.fromarray(image).save(path)
+
+
+def jpeg_roundtrip(images: np.ndarray, quality: int) -> np.ndarray:
+    """The pixels of ``images`` (uint8 (N, H, W, 3)) after saving as JPEG of ``quality`` and loading."""
+    import io
+
+    from PIL import Image
+
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        out[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return out
 
 
 def load_synthesized(out: str | Path) -> SynthesisResult:
@@ -349,6 +376,10 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
         progress=config.progress,
     )
     seconds = time.perf_counter() - start
+    raw = result
+    if config.image_format == "jpeg":
+        # Relabel and the students see the images as published, JPEG artefacts included.
+        result = dataclasses.replace(result, images=jpeg_roundtrip(result.images, config.jpeg_quality))
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -360,7 +391,13 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
             class_names=json.dumps(list(result.class_names)),
         )
         if config.write_imagefolder:
-            save_imagefolder(result, out / artifacts.IMAGEFOLDER)
+            # Encoded once from the optimized pixels: the files decode to exactly the stored images.
+            save_imagefolder(
+                raw,
+                out / artifacts.IMAGEFOLDER,
+                image_format=config.image_format,
+                jpeg_quality=config.jpeg_quality,
+            )
         if rank == 0:
             record = {
                 "config": config_to_dict(config),

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lpld_pipeline.config import TeacherConfig
 from lpld_pipeline.errors import ArtifactError, ConfigError
+from lpld_pipeline.views import Views
 
 __all__ = [
     "NORMALIZATIONS",
@@ -255,8 +256,12 @@ def train_teacher(
     *,
     seed: int,
     device: torch.device,
+    views: Views | None = None,
 ) -> None:
-    """Train ``teacher`` on ``dataset`` in place (SGD, cosine schedule); it ends in eval mode."""
+    """Train ``teacher`` on ``dataset`` in place (SGD, cosine schedule); it ends in eval mode.
+
+    With ``views``, every batch is replaced by its training views (epoch, batch index) first.
+    """
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, generator=generator)
     model = teacher.model
@@ -266,9 +271,12 @@ def train_teacher(
     )
     steps = max(1, config.train_epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    for _ in range(config.train_epochs):
-        for x, y in loader:
-            loss = F.cross_entropy(teacher(x.to(device)), y.to(device))
+    for epoch in range(config.train_epochs):
+        for index, (x, y) in enumerate(loader):
+            x = x.to(device)
+            if views is not None:
+                x = views(x, epoch, index)
+            loss = F.cross_entropy(teacher(x), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -299,8 +307,13 @@ def make_teacher(
     train_data: Dataset[tuple[torch.Tensor, int]] | None = None,
     seed: int = 0,
     device: torch.device | None = None,
+    views: Views | None = None,
 ) -> Teacher:
-    """Build the teacher ``config`` names: trained on ``train_data``, random, pretrained or loaded."""
+    """Build the teacher ``config`` names: trained on ``train_data``, random, pretrained or loaded.
+
+    ``views`` (for ``weights='train'``) are the training views to train on; ``config.train_augment``
+    asks the caller for them (:func:`lpld_pipeline.views.training_views`).
+    """
     device = device or torch.device("cpu")
     if config.normalization == "data":
         if train_data is None:
@@ -344,5 +357,7 @@ def make_teacher(
     if weights == "train":
         if train_data is None:
             raise ConfigError("Expected training data for teacher.weights='train'.")
-        train_teacher(teacher, train_data, config, seed=seed, device=device)
+        if config.train_augment and views is None:
+            raise ConfigError("Expected the training views for teacher.train_augment=true. Got none.")
+        train_teacher(teacher, train_data, config, seed=seed, device=device, views=views)
     return teacher

@@ -113,14 +113,16 @@ def build_student(config: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    # As the reference's get_parameters: decay conv and linear weights, not biases or norms.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
+    # As the reference's get_parameters (for SGD and AdamW alike): decay conv and linear weights,
+    # not BN parameters or biases, unless decay_norm_and_bias.
+    decay = [
+        p for n, p in model.named_parameters() if config.decay_norm_and_bias or ("weight" in n and p.ndim > 1)
+    ]
+    chosen = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.AdamW(groups, lr=config.lr)
 
 

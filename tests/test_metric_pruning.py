@@ -33,9 +33,9 @@ def test_row_scores_are_the_top_probability_and_the_top_two_gap() -> None:
 def test_easy_keeps_the_highest_scores_and_hard_the_lowest(parent: Path) -> None:
     with open_store(parent) as store:
         for metric in ("confidence", "margin"):
-            scores = entry_scores(store, metric)  # type: ignore[arg-type]
-            easy = select_by_metric(store, 5, metric, "easy")  # type: ignore[arg-type]
-            hard = select_by_metric(store, 5, metric, "hard")  # type: ignore[arg-type]
+            scores = entry_scores(store, metric)
+            easy = select_by_metric(store, 5, metric, "easy")
+            hard = select_by_metric(store, 5, metric, "hard")
             assert easy.strategy == hard.strategy == "selected"
             assert (
                 easy.num_kept

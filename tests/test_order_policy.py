@@ -42,7 +42,7 @@ def test_the_loader_replays_stored_epoch_e(tmp_path: Path) -> None:
         assert [int(k) for k in loader.positions()] == list(range(5 * epoch, 5 * epoch + 5))
         batches = list(loader)
         assert len(batches) == 5
-    with pytest.raises(ConfigError, match="steps_per_epoch=None with policy .order."):
+    with pytest.raises(ConfigError, match=r"steps_per_epoch=None with policy 'order'"):
         LoaderConfig(policy="order", steps_per_epoch=3)
     loader.close()
     assert np.array_equal(loader.positions(4), np.arange(20, 25))

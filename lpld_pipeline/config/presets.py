@@ -19,18 +19,28 @@ from lpld_pipeline.config.records import (
 __all__ = ["RELABEL_PRESETS", "RUN_PRESETS", "SQUEEZE_PRESETS", "SYNTHESIS_PRESETS", "TRAIN_PRESETS"]
 
 # Presets follow reference/method.md (sections 1.1-1.2); ImageFolder roots and local checkpoints
-# must be given by file or override. ``demo`` runs on a CPU in about a minute.
+# must be given by file or override. ``demo`` runs on a CPU in a few minutes: its teacher learns
+# from relabel's views and its statistics are collected under them, as the reference squeeze does.
 SQUEEZE_PRESETS: dict[str, SqueezeConfig] = {
     "demo": SqueezeConfig(
-        data=DataConfig(name="digits", image_size=32),
-        teacher=TeacherConfig(arch="tiny_resnet", weights="train", normalization="data"),
+        data=DataConfig(name="digits", image_size=16, augment=True),
+        teacher=TeacherConfig(
+            arch="tiny_resnet", weights="train", normalization="data", train_epochs=30, train_augment=True
+        ),
     ),
     "imagenet1k": SqueezeConfig(
         data=DataConfig(name="imagefolder", image_size=224, augment=True, batch_size=256, num_workers=8),
         teacher=TeacherConfig(arch="resnet18", weights="pretrained", normalization="imagenet"),
     ),
     "tiny": SqueezeConfig(
-        data=DataConfig(name="imagefolder", image_size=64, augment=True, batch_size=256, num_workers=8),
+        data=DataConfig(
+            name="imagefolder",
+            image_size=64,
+            augment=True,
+            eval_transform="none",
+            batch_size=256,
+            num_workers=8,
+        ),
         teacher=TeacherConfig(arch="resnet18", weights="", small_stem=True, normalization="tiny_imagenet"),
     ),
     "imagenet21k": SqueezeConfig(
@@ -40,9 +50,7 @@ SQUEEZE_PRESETS: dict[str, SqueezeConfig] = {
 }
 
 SYNTHESIS_PRESETS: dict[str, SynthesisConfig] = {
-    "demo": SynthesisConfig(
-        ipc=10, iterations=200, lr=0.1, r_bn=0.05, jitter=4, crop_scale=(0.5, 1.0), groups_per_batch=10
-    ),
+    "demo": SynthesisConfig(ipc=10, iterations=1000, lr=0.1, r_bn=0.05, jitter=4, groups_per_batch=10),
     "imagenet1k": SynthesisConfig(
         ipc=10,
         iterations=4000,
@@ -52,10 +60,18 @@ SYNTHESIS_PRESETS: dict[str, SynthesisConfig] = {
         groups_per_batch=50,
         amp="bf16",
         channels_last=True,
-        write_imagefolder=True,
+        image_format="jpeg",
     ),
     "tiny": SynthesisConfig(
-        ipc=50, iterations=4000, lr=0.1, r_bn=0.05, jitter=4, group_size=100, groups_per_batch=20
+        ipc=50,
+        iterations=4000,
+        lr=0.1,
+        r_bn=0.05,
+        jitter=4,
+        jitter_range="symmetric",
+        group_size=100,
+        groups_per_batch=20,
+        image_format="jpeg",
     ),
     "imagenet21k": SynthesisConfig(
         ipc=10,
@@ -66,6 +82,7 @@ SYNTHESIS_PRESETS: dict[str, SynthesisConfig] = {
         groups_per_batch=50,
         amp="bf16",
         channels_last=True,
+        image_format="jpeg",
     ),
 }
 
@@ -83,7 +100,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         model="tiny_resnet",
         width=16,
         epochs=200,
-        temperature=4.0,
+        temperature=20.0,
         t2=True,
         optimizer="adamw",
         lr=1e-3,
@@ -117,7 +134,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         weight_decay=1e-4,
         schedule="warmup_cosine",
         warmup_epochs=5,
-        val=DataConfig(name="imagefolder", image_size=64, num_workers=8),
+        val=DataConfig(name="imagefolder", image_size=64, eval_transform="none", num_workers=8),
     ),
     "imagenet21k": TrainConfig(
         model="resnet18",
@@ -128,7 +145,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         optimizer="adamw",
         lr=2e-3,
         weight_decay=0.01,
-        val=DataConfig(name="imagefolder", image_size=224, num_workers=8),
+        val=DataConfig(name="imagefolder", image_size=224, eval_transform="resize", num_workers=8),
         val_interval=50,
         num_workers=8,
         device_loader=False,

@@ -37,19 +37,38 @@ class DataConfig:
 
     ``root`` (ImageFolder only) is a directory holding ``train/`` (ImageNet-1K, Tiny-ImageNet and
     ImageNet-21K-P layouts) or the class folders themselves. Images are served as float tensors in
-    [0, 1]; normalization belongs to the teacher. ``augment`` applies random-resized-crop and flip
-    while collecting statistics, as the reference squeeze does.
+    [0, 1]; normalization belongs to the teacher.
+
+    ``augment`` draws training views (random-resized crop with ``crop_scale``, and a horizontal
+    flip where it preserves labels) while collecting statistics, as the reference squeeze does.
+    ``hflip`` says whether a horizontal flip preserves the labels; None takes the dataset's own
+    answer (:attr:`flip_preserves_labels`: not for digits, yes for ImageFolder photos), which the
+    synthesis and relabel stages also follow. ``eval_transform`` is how an ImageFolder is prepared
+    without augmentation (validation, un-augmented statistics): ``resize_center_crop`` (resize to
+    ``image_size * 256 / 224``, centre crop; ImageNet-1K), ``resize`` (to ``image_size`` squared;
+    ImageNet-21K) or ``none`` (images used as they are, which must be ``image_size`` squared;
+    Tiny-ImageNet).
     """
 
     name: Literal["digits", "imagefolder"] = "digits"
     root: str = ""
     image_size: int = 32
     augment: bool = False
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool | None = None
+    eval_transform: Literal["resize_center_crop", "resize", "none"] = "resize_center_crop"
     batch_size: int = 256
     num_workers: int = 0
 
+    @property
+    def flip_preserves_labels(self) -> bool:
+        """Whether a horizontal flip keeps an image's label (a mirrored digit is not a digit)."""
+        return self.hflip if self.hflip is not None else self.name != "digits"
+
     def __post_init__(self) -> None:
         require(self.name in ("digits", "imagefolder"), "data.name 'digits' or 'imagefolder'", self.name)
+        lo, hi = self.crop_scale
+        require(0 < lo <= hi <= 1, "data.crop_scale (lo, hi) with 0 < lo <= hi <= 1", self.crop_scale)
         require(self.image_size >= 8, "data.image_size >= 8", self.image_size)
         require(self.batch_size >= 1, "data.batch_size >= 1", self.batch_size)
         require(self.num_workers >= 0, "data.num_workers >= 0", self.num_workers)
@@ -64,7 +83,10 @@ class TeacherConfig:
     ``pretrained`` (torchvision's default weights; needs a network or a warm cache) or a path to a
     checkpoint. ``small_stem`` swaps a ResNet's 7x7/2 stem and max-pool for a 3x3/1 convolution
     (Tiny-ImageNet, small images). ``normalization`` names the mean/std the teacher expects
-    (``data`` computes it from the training images). The ``train_*`` fields apply to ``train``.
+    (``data`` computes it from the training images). The ``train_*`` fields apply to ``train``;
+    ``train_augment`` trains on the views that relabel takes (random-resized crop with the data's
+    ``crop_scale``, flip where it preserves labels, through lpldstore's kernels) instead of the
+    plain images, so that the teacher knows the inputs it will label.
     """
 
     arch: str = "tiny_resnet"
@@ -75,6 +97,7 @@ class TeacherConfig:
     train_epochs: int = 12
     train_lr: float = 0.05
     train_batch_size: int = 64
+    train_augment: bool = False
 
     def __post_init__(self) -> None:
         require(bool(self.arch), "a non-empty teacher.arch", self.arch)
@@ -91,14 +114,26 @@ class TeacherConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SqueezeConfig:
-    """Stage 1: teacher and exact class-wise BN statistics, written to ``out``."""
+    """Stage 1: teacher and class-wise BN statistics, written to ``out``.
+
+    ``class_stats`` ``exact`` gives each class's exact moments over all its (augmented) images;
+    ``ema`` computes them as the official ``ClassAwareBatchNorm2d`` does: per batch, each present
+    class's mean and biased variance over its samples, folded into a running average with
+    ``ema_momentum`` (0.1), starting from mean 0 and variance 1.
+    """
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    class_stats: Literal["exact", "ema"] = "exact"
+    ema_momentum: float = 0.1
     out: str = ""
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.class_stats in ("exact", "ema"), "class_stats 'exact' or 'ema'", self.class_stats)
+        require(0 < self.ema_momentum <= 1, "ema_momentum in (0, 1]", self.ema_momentum)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,8 +146,15 @@ class SynthesisConfig:
     draw and one set of BN moments: ``group_size`` images of one class (0 means IPC), or in mixed
     mode ``group_size`` images of consecutive classes. ``groups_per_batch`` groups are optimized
     together in one batch, which gives the same images as one group at a time (the reference) but
-    fills a GPU. ``amp`` is ``none`` or ``bf16`` (GPU only); ``channels_last`` and ``compile`` are
-    GPU speed-ups.
+    fills a GPU. ``amp`` is ``none`` (float32) or ``bf16`` (autocast, on the CPU too);
+    ``channels_last`` and ``compile`` are GPU speed-ups.
+
+    Each iteration draws a random-resized crop, a flip (``flip``; None: where the squeeze data's
+    flips preserve labels) and a cyclic shift by ``[0, jitter]`` pixels (``jitter_range``
+    ``positive``, the ImageNet recipes) or ``[-jitter, jitter]`` (``symmetric``, the Tiny-ImageNet
+    code). ``image_format`` ``jpeg`` saves the images as JPEG of ``jpeg_quality`` (75, as the
+    released sets are) and passes the decoded JPEG pixels on to relabel, so that the labels are
+    those of the images as published; ``png`` keeps them exactly.
     """
 
     squeeze_dir: str = ""
@@ -127,7 +169,10 @@ class SynthesisConfig:
     jitter: int = 32
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
+    flip: bool | None = None
+    jitter_range: Literal["positive", "symmetric"] = "positive"
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = 75
     mode: Literal["class", "class_global", "mixed"] = "class"
     group_size: int = 0
     groups_per_batch: int = 1
@@ -160,6 +205,13 @@ class SynthesisConfig:
         require(self.groups_per_batch >= 1, "groups_per_batch >= 1", self.groups_per_batch)
         require(all(c >= 0 for c in self.classes), "non-negative class indices", self.classes)
         require(self.amp in ("none", "bf16"), "amp 'none' or 'bf16'", self.amp)
+        require(1 <= self.jpeg_quality <= 95, "jpeg_quality in [1, 95]", self.jpeg_quality)
+        require(
+            self.jitter_range in ("positive", "symmetric"),
+            "jitter_range 'positive' or 'symmetric'",
+            self.jitter_range,
+        )
+        require(self.image_format in ("png", "jpeg"), "image_format 'png' or 'jpeg'", self.image_format)
 
     @property
     def effective_group_size(self) -> int:
@@ -175,9 +227,11 @@ class RelabelStageConfig:
     ``1/ratio`` by ``strategy`` (``prefix``, ``random``, ``epoch``); only its kept entries are ever
     computed. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``; the
     ImageNet-21K recipe's cutout is not offered yet (the store does not keep cutout arrays).
-    ``codec`` / ``codec_params`` name the logits codec (``lpldstore.CodecConfig``). ``amp`` is ``auto`` (bf16 autocast on GPU, float32 on CPU),
-    ``none``, ``bf16`` or ``fp16``. An existing store at ``out`` made with the same settings and
-    teacher is continued (``resume``); a different one is refused.
+    ``codec`` / ``codec_params`` name the logits codec (``lpldstore.CodecConfig``). ``flip_prob``
+    None flips half the images where the squeeze data's flips preserve labels and none elsewhere.
+    ``amp`` is ``auto`` (bf16 autocast on a GPU, float32 on the CPU), ``none`` (float32), ``bf16``
+    or ``fp16`` (that autocast on any device). An existing store at ``out`` made with the same
+    settings and teacher is continued (``resume``); a different one is refused.
     """
 
     squeeze_dir: str = ""
@@ -192,7 +246,7 @@ class RelabelStageConfig:
     output_size: int = 0
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
+    flip_prob: float | None = None
     mix: Literal["cutmix", "none"] = "cutmix"
     mix_alpha: float = 1.0
     aug_seed: int = 0
@@ -210,7 +264,9 @@ class RelabelStageConfig:
         require(self.epochs >= 1, "epochs >= 1", self.epochs)
         require(self.ratio >= 1 and math.isfinite(self.ratio), "a finite ratio >= 1", self.ratio)
         require(self.output_size >= 0, "output_size >= 0 (0 means the image size)", self.output_size)
-        require(0 <= self.flip_prob <= 1, "flip_prob in [0, 1]", self.flip_prob)
+        require(
+            self.flip_prob is None or 0 <= self.flip_prob <= 1, "flip_prob in [0, 1] or null", self.flip_prob
+        )
         require(self.block_entries >= 1, "block_entries >= 1", self.block_entries)
 
 
@@ -222,11 +278,13 @@ class TrainConfig:
     ResNet the 3x3/1 stem without max-pool (Tiny-ImageNet). The loss is
     ``KL(softmax(t/T) || softmax(s/T))`` (batch mean) times ``T**2`` if ``t2``; ``logit_smoothing``
     ``s`` replaces the stored logits ``z`` by ``(1 - s) z + s / C`` (the ImageNet-21K recipe's 0.2).
-    ``optimizer`` ``adamw`` (weight decay on conv/linear weights only) or ``sgd``; ``schedule``
-    ``cosine`` (per epoch, ``0.5 (1 + cos(pi e / E))``) or ``warmup_cosine`` (linear warm-up from
-    0.01x over ``warmup_epochs``, then cosine). ``policy`` is the pool loader's (``ilp``,
-    ``epoch``, ``sequential``); ``batch_size`` 0 trains on one stored batch per step.
-    Validation uses ``val`` (its image size is set to the store's output size).
+    ``optimizer`` ``adamw`` or ``sgd``, both with weight decay on conv/linear weights only, as the
+    reference's ``get_parameters`` (``decay_norm_and_bias`` decays BN and bias parameters too);
+    ``schedule`` ``cosine`` (per epoch, ``0.5 (1 + cos(pi e / E))``) or ``warmup_cosine`` (linear
+    warm-up from 0.01x over ``warmup_epochs``, then cosine). ``policy`` is the pool loader's
+    (``ilp``, ``epoch``, ``order``, ``sequential``); ``batch_size`` 0 trains on one stored batch per
+    step. Validation uses ``val`` (its image size is set to the store's output size; its
+    ``eval_transform`` is the recipe's evaluation transform).
     """
 
     store: str = ""
@@ -242,10 +300,11 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
+    decay_norm_and_bias: bool = False
     momentum: float = 0.9
     schedule: Literal["cosine", "warmup_cosine"] = "cosine"
     warmup_epochs: int = 0
-    policy: Literal["ilp", "epoch", "sequential"] = "ilp"
+    policy: Literal["ilp", "epoch", "order", "sequential"] = "ilp"
     loader_seed: int = 0
     num_workers: int = 0
     device_loader: bool = True
