@@ -64,6 +64,7 @@ try:
         teacher_accuracy,
     )
     from lpld_pipeline.train import (
+        DistillationStep,
         TrainResult,
         build_student,
         evaluate,
@@ -100,6 +101,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataError",
+    "DistillationStep",
     "ImageDataset",
     "MissingDependencyError",
     "PipelineError",
