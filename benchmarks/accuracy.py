@@ -672,6 +672,7 @@ def analyse(study: dict[str, Any], setting: Setting) -> dict[str, Any]:
             "claim": f"temperature 4 vs 20 at {r40}x (class-wise images)",
             "tests": [test(f"class/ilp/{r40}x/T4", f"class/ilp/{r40}x", "?", "T=4 vs T=20")],
         }
+    claims["s"] = _synthesis_claims(study, setting)
     for claim in claims.values():
         adjusted = holm([t["p"] for t in claim["tests"]])
         for t, p in zip(claim["tests"], adjusted, strict=True):
@@ -682,6 +683,45 @@ def analyse(study: dict[str, Any], setting: Setting) -> dict[str, Any]:
         "synthesis_and_student_seed": cells[f"class/ilp/{r40}x"]["std"],
     }
     return {"cells": cells, "claims": claims, "noise_std": noise, "convergence": _convergence(study)}
+
+
+def _synthesis_claims(study: dict[str, Any], setting: Setting) -> dict[str, Any]:
+    """What the image sets themselves show, paired by run: matching and within-class diversity."""
+    sets = {(s["mode"], s["run"]): s for s in study["image_sets"] if not s.get("sweep")}
+    runs = range(setting.runs)
+
+    def values(mode: str, field: str) -> list[float]:
+        if field == "cosine":
+            return [sets[(mode, r)]["within_class_cosine"] for r in runs]
+        return [sets[(mode, r)]["bn_distance_views"][field] for r in runs]
+
+    def row(a: list[float], b: list[float], expect: str, label: str, what: str) -> dict[str, Any]:
+        return {
+            "a": what,
+            "b": "",
+            "expect": expect,
+            "_expect": expect[2],
+            "label": label,
+            "scale": 1,  # BN distances and cosines as they are, not as accuracy points
+            **paired_test(a, b),
+        }
+
+    tests = [
+        row(values("class", "own_mean"), values("class", "global_mean"), "a < b",
+            "class-wise sets sit closer to their class's statistics than to the global ones",
+            "class: own vs global BN distance"),
+        row(values("class", "own_mean"), values("mixed", "own_mean"), "a < b",
+            "class-wise sets sit closer to their class's statistics than cross-class sets",
+            "own-class BN distance: class vs mixed"),
+        row(values("class", "cosine"), values("mixed", "cosine"), "a < b",
+            "class-wise sets are more diverse within a class than cross-class sets (lower cosine)",
+            "within-class cosine: class vs mixed"),
+        row(values("class", "cosine"), values("class_global", "cosine"), "a < b",
+            "class statistics make sets more diverse within a class than global ones (lower cosine)",
+            "within-class cosine: class vs class_global"),
+    ]  # fmt: skip
+    return {"claim": "the synthetic sets: matching their statistics and within-class diversity (LPLD Table 1)",
+            "tests": tests}  # fmt: skip
 
 
 def _convergence(study: dict[str, Any]) -> dict[str, Any]:
@@ -738,9 +778,10 @@ def _print_report(record: dict[str, Any]) -> None:
     for name, claim in a["claims"].items():
         print(f"({name}) {claim['claim']}")
         for t in claim["tests"]:
+            k = t.get("scale", 100)  # accuracy differences in points
             print(
-                f"    {t['label']:<62} diff {100 * t['difference']:+6.1f} pt "
-                f"[{100 * t['ci95'][0]:+6.1f}, {100 * t['ci95'][1]:+6.1f}]  p={t['p']:.3g} (Holm {t['p_holm']:.3g})  {t['verdict']}"
+                f"    {t['label']:<62} diff {k * t['difference']:+7.3g} "
+                f"[{k * t['ci95'][0]:+7.3g}, {k * t['ci95'][1]:+7.3g}]  p={t['p']:.3g} (Holm {t['p_holm']:.3g})  {t['verdict']}"
             )
     print(f"\nnoise (std of top-1): {a['noise_std']}")
     print(f"seconds: {record['study']['seconds']}")
@@ -852,6 +893,29 @@ def _frontier(ax: Any, record: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
 
 
+def markdown(record: dict[str, Any]) -> str:
+    """The claims as Markdown rows (for docs/pipeline.md), from a results record."""
+    lines = [
+        "| claim | test | difference (accuracy points; (s): distance, cosine), 95 % CI | p (Holm) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for name, claim in record["analysis"]["claims"].items():
+        for t in claim["tests"]:
+            k = t.get("scale", 100)
+            lo, hi = (k * v for v in t["ci95"])
+            lines.append(
+                f"| ({name}) | {t['label']} | {k * t['difference']:+.3g} [{lo:+.3g}, {hi:+.3g}] "
+                f"| {t['p']:.2g} ({t['p_holm']:.2g}) | {t['verdict']} |"
+            )
+    lines += ["", "| cell | top-1 % (95 % CI) | true ratio | entries |", "|---|---|---|---|"]
+    for cell, c in sorted(record["analysis"]["cells"].items()):
+        lines.append(
+            f"| {cell} | {100 * c['mean']:.1f} ({100 * c['ci95'][0]:.1f}-{100 * c['ci95'][1]:.1f}) "
+            f"| {c['true_ratio']:.1f} | {c['entries']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -873,7 +937,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--note", default="", help="a note recorded in the JSON (e.g. what else ran on the machine)"
     )
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="JSON",
+        help="print the report and Markdown of a results file; run nothing",
+    )
+    parser.add_argument(
+        "--reanalyse",
+        action="store_true",
+        help="with --report: recompute the analysis and plots, rewrite the file",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        record = json.loads(Path(args.report).read_text(encoding="utf-8"))
+        if args.reanalyse:
+            # The analysis is a pure function of the raw results kept in the record.
+            setting = Setting(**{k: v for k, v in record["setting"].items() if k != "name"})
+            setting = dataclasses.replace(
+                setting, ratios=tuple(setting.ratios), policy_ratios=tuple(setting.policy_ratios)
+            )
+            record["analysis"] = analyse(record["study"], setting)
+            record["reanalysed"] = (
+                "python benchmarks/accuracy.py --report JSON --reanalyse (raw results unchanged)"
+            )
+            record["plots"] = _plot(record, Path(args.report).with_suffix(".png"))
+            Path(args.report).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        _print_report(record)
+        print("\n" + markdown(record))
+        return
     setting = QUICK if args.quick else FULL
     overrides = {
         k: v
