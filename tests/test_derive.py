@@ -17,11 +17,11 @@ from lpldstore import (
     storage_bytes,
     verify_store,
 )
-from lpldstore.budget import entry_bytes_bound, parse_size, plan_for_budget
 from lpldstore.cli import main
-from lpldstore.derive import parse_codec, prune, recode
-from lpldstore.reader import LabelStore
+from lpldstore.storage.reader import LabelStore
 from lpldstore.testing import fill, make_store
+from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
+from lpldstore.tools.derive import parse_codec, prune, recode
 
 PLAN = PruningPlan(num_images=9, batch_size=4, epochs=6, ratio=1.0, last_batch="pad")
 CODEC = CodecConfig(name="quantized", params={"bits": 5})
@@ -186,7 +186,7 @@ def test_prune_refuses_an_incomplete_parent_and_an_existing_output(tmp_path: Pat
 
 def test_interrupted_derive_leaves_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     parent = _write(tmp_path / "parent.zarr", PLAN)
-    from lpldstore import derive
+    from lpldstore.tools import derive
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt

@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lpldstore.config import RelabelConfig
-from lpldstore.plan import LastBatch, PruningPlan
+from lpldstore.format.params import AugmentParams
+from lpldstore.format.plan import LastBatch, PruningPlan
+from lpldstore.format.records import RelabelConfig
 
 __all__ = [
     "FILL_LOGIT",
@@ -83,6 +84,20 @@ class PeerBatch:
     mix_index: npt.NDArray[np.int64] | None = None
     mix_lam: float | None = None
     mix_box: npt.NDArray[np.int64] | None = None
+
+    def params(self, *, mix: bool) -> AugmentParams:
+        """The batch's augmentation record; ``mix``: whether the source's batches carry CutMix."""
+        if self.mix_index is None or self.mix_lam is None or self.mix_box is None:
+            if mix:
+                raise RecordProblem("no CutMix record, although the directory's batches carry one")
+            return AugmentParams.without_mix(crops=self.crops, flips=self.flips)
+        return AugmentParams(
+            crops=self.crops,
+            flips=self.flips,
+            mix_index=self.mix_index,
+            mix_lam=self.mix_lam,
+            mix_box=tuple(int(v) for v in self.mix_box),  # type: ignore[arg-type]
+        )
 
 
 @dataclasses.dataclass(frozen=True)

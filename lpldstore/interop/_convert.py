@@ -22,18 +22,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lpldstore.config import DatasetInfo
 from lpldstore.errors import InteropError, StoreExistsError, ValidationError
+from lpldstore.format.records import DatasetInfo
 from lpldstore.interop import fkd, gvbsm, hald, lpld, lpqld, sre2l
 from lpldstore.interop._common import ImportOptions, PeerSource, RecordProblem
 from lpldstore.interop._images import ImageSet, load_image_folder
-from lpldstore.reader import LabelStore, open_store
-from lpldstore.writer import StoreWriter
+from lpldstore.storage.reader import LabelStore, open_store
+from lpldstore.storage.writer import StoreWriter
 
-__all__ = ["EXPORT_LAYOUTS", "IMPORT_LAYOUTS", "ImportReport", "export_store", "import_labels"]
+__all__ = ["ImportReport", "export_store", "import_labels"]
 
 Scanner = Callable[[Path, ImageSet, ImportOptions], PeerSource]
-IMPORT_LAYOUTS: dict[str, Scanner] = {
+_SCANNERS: dict[str, Scanner] = {
     "sre2l": sre2l.scan,
     "lpld": lpld.scan,
     "lpqld": lpqld.scan,
@@ -41,11 +41,11 @@ IMPORT_LAYOUTS: dict[str, Scanner] = {
     "hald": hald.scan,
     "fkd": fkd.scan,
 }
-EXPORT_LAYOUTS: dict[str, Callable[[LabelStore, Path, dict[int, float]], int]] = {
+_EXPORTERS: dict[str, Callable[[LabelStore, Path, dict[int, float]], int]] = {
     "sre2l": sre2l.export,
     "lpld": lpld.export,
 }
-# Format version 1 stores CutMix lambdas as float32; the peers save Python floats. The exact
+# The format stores CutMix lambdas as float32; the peers save Python floats. The exact
 # values ride along in provenance.config (base64 of little-endian float64, one per position) so
 # that export gives back the original files bit for bit.
 _LAMS_KEY = "mix_lam_float64_b64"
@@ -80,14 +80,14 @@ def import_labels(
     (nothing is written then), :class:`~lpldstore.errors.UnsafePickleError` for a file that asks
     to run code, and :class:`~lpldstore.errors.StoreExistsError` if ``out`` exists.
     """
-    if layout not in IMPORT_LAYOUTS:
-        raise InteropError(f"Expected a layout among {sorted(IMPORT_LAYOUTS)}. Got {layout!r} instead.")
+    if layout not in _SCANNERS:
+        raise InteropError(f"Expected a layout among {sorted(_SCANNERS)}. Got {layout!r} instead.")
     target = Path(out)
     if target.exists():
         raise StoreExistsError(f"{target} already exists. Choose another output path or remove it.")
     options = options or ImportOptions()
     image_set = load_image_folder(images)
-    source = IMPORT_LAYOUTS[layout](Path(src), image_set, options)
+    source = _SCANNERS[layout](Path(src), image_set, options)
     classes = image_set.classes
     n = len(image_set)
     dataset = DatasetInfo(
@@ -110,6 +110,7 @@ def import_labels(
             dataset=dataset,
             relabel=source.relabel,
         )
+        mixed = source.relabel.mix != "none"
         with writer:
             for ref in tqdm(source.refs, desc=f"import {layout}", unit="batch", disable=not progress):
                 try:
@@ -118,12 +119,8 @@ def import_labels(
                         ref.epoch,
                         ref.batch,
                         logits=batch.logits,
-                        crops=batch.crops,
-                        flips=batch.flips,
+                        params=batch.params(mix=mixed),
                         indices=batch.indices,
-                        mix_index=batch.mix_index,
-                        mix_lam=batch.mix_lam,
-                        mix_box=batch.mix_box,
                     )
                 except (RecordProblem, ValidationError) as exc:
                     problems.append(f"{ref.where}: {exc}")
@@ -150,7 +147,7 @@ def _record_provenance(
     # names the source and keeps the exact lambdas.
     import zarr
 
-    from lpldstore._storage import consolidate
+    from lpldstore.storage._open import consolidate
 
     root = zarr.open_group(str(staging), mode="r+", zarr_format=3)
     provenance: dict[str, Any] = dict(root.attrs["provenance"])  # type: ignore[arg-type]
@@ -187,10 +184,8 @@ def export_store(
     layout: str, store: str | os.PathLike[str], out: str | os.PathLike[str], *, storage_options: Any = None
 ) -> int:
     """Write a store's labels in a peer layout at ``out`` (a new directory); returns the file count."""
-    if layout not in EXPORT_LAYOUTS:
-        raise InteropError(
-            f"Expected an export layout among {sorted(EXPORT_LAYOUTS)}. Got {layout!r} instead."
-        )
+    if layout not in _EXPORTERS:
+        raise InteropError(f"Expected an export layout among {sorted(_EXPORTERS)}. Got {layout!r} instead.")
     target = Path(out)
     if target.exists():
         raise StoreExistsError(f"{target} already exists. Choose another output directory or remove it.")
@@ -198,7 +193,7 @@ def export_store(
     try:
         with open_store(store, storage_options=storage_options) as opened:
             staging.mkdir(parents=True)
-            count = EXPORT_LAYOUTS[layout](opened, staging, exact_lambdas(opened))
+            count = _EXPORTERS[layout](opened, staging, exact_lambdas(opened))
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import PruningPlan
 from lpldstore.interop._common import (
     PEER_SEED,
     BatchRef,
@@ -34,12 +35,11 @@ from lpldstore.interop._common import (
 )
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
+from lpldstore.interop.layouts import FKD_RULES
 from lpldstore.interop.sre2l import _check_problems
-from lpldstore.plan import PruningPlan
 
-__all__ = ["FKD_RULES", "recover_soft_label", "scan"]
+__all__ = ["recover_soft_label", "scan"]
 
-FKD_RULES = ("marginal_smoothing", "marginal_renorm", "hard", "smoothing")
 _DEFAULT_BATCH = 256
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import LastBatch
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -34,7 +35,6 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems
-from lpldstore.plan import LastBatch
 
 __all__ = ["DEFAULT_TEMPERATURE", "SIDECAR", "scan"]
 

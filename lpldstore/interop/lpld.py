@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import LastBatch
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -35,8 +36,7 @@ from lpldstore.interop.sre2l import (
     source_of,
     store_record,
 )
-from lpldstore.plan import LastBatch
-from lpldstore.reader import LabelStore
+from lpldstore.storage.reader import LabelStore
 
 __all__ = ["SIDECAR", "export", "scan"]
 

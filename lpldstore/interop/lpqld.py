@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import LastBatch
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -39,7 +40,6 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems, reader
-from lpldstore.plan import LastBatch
 
 __all__ = ["SIDECAR", "scan"]
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import PruningPlan
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -35,8 +36,7 @@ from lpldstore.interop._common import (
 )
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
-from lpldstore.plan import PruningPlan
-from lpldstore.reader import LabelStore
+from lpldstore.storage.reader import LabelStore
 
 __all__ = ["epoch_batch_files", "export", "first_record", "scan", "store_record"]
 

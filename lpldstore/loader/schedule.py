@@ -1,0 +1,100 @@
+"""Which stored entries a training epoch visits: pure functions of (plan, policy, seed, epoch).
+
+Policies
+--------
+``ilp``
+    LPLD's improved label pool: ``steps`` positions drawn uniformly *with replacement* over all
+    kept entries (default ``steps``: the plan's batches per epoch).
+``epoch``
+    One stored epoch per training epoch, drawn uniformly among the stored epochs, its kept
+    entries in batch order. Only *complete* epochs (every batch kept) are drawn when there are
+    any, so a prefix plan whose last epoch is partially kept never yields a short epoch; a plan
+    with no complete epoch (``random`` at a high ratio) draws among the epochs holding at least
+    one entry, whose lengths then differ.
+``sequential``
+    The whole pool in store order.
+
+Distributed sharing: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule padded by
+wrapping around to a multiple of ``w``, so every rank has the same number of steps and the union
+over ranks is the schedule (plus at most ``w - 1`` repeated steps from its start).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+from lpldstore.errors import ConfigError
+from lpldstore.format.plan import PruningPlan
+
+__all__ = ["Policy", "epoch_schedule", "rank_share"]
+
+Policy = Literal["ilp", "epoch", "sequential"]
+
+# Keeps the loader's draws apart from the plan's and the augmentations' streams for equal seeds.
+_LOADER_STREAM = 0x4C4F4144
+_POLICY_STREAM = {"ilp": 0, "epoch": 1, "sequential": 2}
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"Expected {name} to be an integer >= {minimum}. Got {value!r} instead.")
+    return int(value)
+
+
+def check_policy(policy: object) -> Policy:
+    if policy not in get_args(Policy):
+        raise ConfigError(
+            f"Expected a pool policy among {get_args(Policy)}. Got {policy!r} instead. "
+            "Use 'ilp' for LPLD's improved label pool."
+        )
+    return policy  # type: ignore[return-value]
+
+
+def stored_epochs(plan: PruningPlan) -> npt.NDArray[np.int64]:
+    """The epochs that the ``epoch`` policy draws from (see the module docstring)."""
+    epochs, counts = np.unique(plan.kept_keys[:, 0], return_counts=True)
+    complete = epochs[counts == plan.batches_per_epoch]
+    return (complete if complete.size else epochs).astype(np.int64)
+
+
+def epoch_schedule(
+    plan: PruningPlan, policy: Policy, seed: int, epoch: int, steps_per_epoch: int | None = None
+) -> npt.NDArray[np.int64]:
+    """The store positions that training epoch ``epoch`` visits, in order (read-only array)."""
+    check_policy(policy)
+    seed = _check_int("seed", seed, 0)
+    epoch = _check_int("epoch", epoch, 0)
+    if steps_per_epoch is not None:
+        steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
+        if policy != "ilp":
+            raise ConfigError(
+                f"Expected steps_per_epoch=None with policy {policy!r}, whose epoch length is fixed by the "
+                f"store. Got {steps_per_epoch} instead. Use policy='ilp' to choose the number of steps."
+            )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _LOADER_STREAM, _POLICY_STREAM[policy], epoch]))
+    if policy == "ilp":
+        steps = plan.batches_per_epoch if steps_per_epoch is None else steps_per_epoch
+        out = rng.integers(0, plan.num_kept, size=steps, dtype=np.int64)
+    elif policy == "epoch":
+        chosen = rng.choice(stored_epochs(plan))
+        # kept_keys is sorted by (epoch, batch), so the matching positions are in batch order.
+        out = np.flatnonzero(plan.kept_keys[:, 0] == chosen).astype(np.int64)
+    else:
+        out = np.arange(plan.num_kept, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def rank_share(schedule: npt.NDArray[np.int64], rank: int, world_size: int) -> npt.NDArray[np.int64]:
+    """Rank ``rank``'s steps of ``schedule``: every ``world_size``-th step, padded by wrapping."""
+    world_size = _check_int("world_size", world_size, 1)
+    rank = _check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ConfigError(f"Expected a rank in [0, {world_size}). Got {rank} instead.")
+    n = len(schedule)
+    total = -(-n // world_size) * world_size
+    padded = np.resize(schedule, total) if n else schedule
+    return np.asarray(padded[rank::world_size], dtype=np.int64)
