@@ -140,7 +140,9 @@ def test_the_torch_facing_names_load_on_first_use() -> None:
         "assert 'torch' in sys.modules\n"
         "assert set(ls.__all__) <= set(dir(ls))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -159,7 +161,9 @@ def test_a_missing_torch_names_the_extra_to_install() -> None:
         "except ls.MissingDependencyError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "lpldstore.PoolLoader needs torch" in done.stdout
     assert "pip install 'lpldstore[torch]'" in done.stdout

@@ -1,16 +1,15 @@
 """Bytes on disk per component of a store, and what the same labels take in the peers' layout.
 
-The peer figure is exact, not estimated: one file of each distinct size is really written with
-``torch.save`` exactly as the SRe2L/LPLD relabel code writes it (``epoch_<e>/batch_<b>.tar``
-holding ``[coords, flip, mix_index, mix_lam, mix_bbox, logits]``), and LPLD's
-``sampler_indices_epoch.json`` sidecar is sized digit by digit.
+The peer figure is exact, not estimated: the size of each distinct ``epoch_<e>/batch_<b>.tar``
+that the SRe2L/LPLD relabel code writes with ``torch.save`` (``[coords, flip, mix_index, mix_lam,
+mix_bbox, logits]``) is computed byte for byte by ``_torch_save_size`` without importing torch
+(which would cost seconds), and LPLD's ``sampler_indices_epoch.json`` sidecar is sized digit by
+digit.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from zarr.core.sync import sync
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import RelabelConfig
 from lpldstore.storage.reader import LabelStore
+from lpldstore.tools._torch_save_size import torch_save_size
 
 __all__ = ["COMPONENTS", "peer_layout_bytes", "storage_bytes"]
 
@@ -51,30 +51,11 @@ def storage_bytes(store: LabelStore) -> dict[str, int]:
     return table
 
 
-def _record(n: int, classes: int, mix: bool) -> list[Any]:
-    import torch
-
-    coords = torch.zeros(n, 4, dtype=torch.float32)
-    flip = torch.zeros(n, dtype=torch.bool)
-    logits = torch.zeros(n, classes, dtype=torch.float16)
-    if not mix:
-        return [coords, flip, None, None, None, logits]
-    # The peers keep four distinct NumPy scalars here (pickle would memoize one object repeated).
-    bbox = [np.int64(v) for v in (1, 2, 3, 4)]
-    return [coords, flip, torch.arange(n, dtype=torch.int64), 0.5, bbox, logits]
-
-
 def _file_sizes(shapes: Iterable[tuple[int, int]], classes: int, mix: bool) -> dict[tuple[int, int], int]:
     """Size of a ``batch_<b>.tar`` per (batch length, digits of b): all that changes its size."""
-    import torch
-
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n, digits in set(shapes):
-            path = Path(tmp) / f"batch_{'1' * digits}.tar"
-            torch.save(_record(n, classes, mix), path)
-            out[n, digits] = path.stat().st_size
-    return out
+    return {
+        (n, digits): torch_save_size(n, classes, mix, f"batch_{'1' * digits}") for n, digits in set(shapes)
+    }
 
 
 def _json_list_bytes(ids: npt.NDArray[np.int64]) -> int:
