@@ -94,15 +94,19 @@ def make_store(
     image_hw: tuple[int, int] = (12, 10),
     output_size: tuple[int, int] = (8, 8),
     mix: str = "cutmix",
+    extras: tuple[str, ...] = (),
     seed: int = 0,
     **writer_options: Any,
 ) -> StoreWriter:
-    """Create a store of fake images for ``plan`` and return its writer (nothing written yet)."""
+    """Create a store of fake images for ``plan`` and return its writer (nothing written yet).
+
+    ``extras`` names optional augmentations (``("cutout",)``) whose parameters the store keeps.
+    """
     images, labels = fake_images(plan.num_images, *image_hw, num_classes, seed)
     dataset = DatasetInfo(
         name="fake", num_classes=num_classes, num_images=plan.num_images, image_shape=(*image_hw, 3)
     )
-    relabel = RelabelConfig(output_size=output_size, mix=mix, teacher="fake")  # type: ignore[arg-type]
+    relabel = RelabelConfig(output_size=output_size, mix=mix, teacher="fake", extras=extras)  # type: ignore[arg-type]
     return StoreWriter.create(
         path, plan=plan, images=images, labels=labels, dataset=dataset, relabel=relabel, **writer_options
     )

@@ -1,4 +1,4 @@
-"""torch_save_size against the files torch.save really writes, and its promise not to import torch."""
+"""torch_save_size against the files torch.save really writes (that it imports no torch: test_architecture)."""
 
 from __future__ import annotations
 

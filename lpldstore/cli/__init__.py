@@ -36,4 +36,3 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     return run_command("lpldstore", args.command, lambda: args.run(args))
-

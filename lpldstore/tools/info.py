@@ -14,6 +14,7 @@ def store_info(store: LabelStore) -> dict[str, Any]:
     """What ``lpldstore info --json`` prints: a stable contract (keys are only ever added)."""
     plan, dataset, relabel = store.plan, store.dataset, store.relabel
     committed = store.committed()
+    sizes = storage_bytes(store)
     kept_indices = None if plan.composition == "seeded" else store.metadata().indices
     return {
         "source": store.where,
@@ -42,17 +43,16 @@ def store_info(store: LabelStore) -> dict[str, Any]:
         },
         "relabel": {"teacher": relabel.teacher, "output_size": list(relabel.output_size), "mix": relabel.mix},
         "codec": store.codec.to_dict(),
-        "storage_bytes": storage_bytes(store),
+        "storage_bytes": sizes,
         "peer_layout_bytes": peer_layout_bytes(plan, relabel, dataset.num_classes, kept_indices),
-    } | _codec_info(store)
+    } | _codec_info(store, sizes)
 
 
-def _codec_info(store: LabelStore) -> dict[str, Any]:
+def _codec_info(store: LabelStore, sizes: dict[str, int]) -> dict[str, Any]:
     """The codec part of ``info``: its name, bytes per entry and the fidelity the writer measured."""
-    sizes = storage_bytes(store)
     fidelity = store.fidelity()
     return {
-        "codec_label": store.codec.codec(store.dataset.num_classes).label(),
+        "codec_label": store.attrs.logits_codec.label(),
         "bytes_per_entry": {
             "logits": sizes["logits"] / store.num_entries,
             "labels": (sizes["total"] - sizes["images"]) / store.num_entries,

@@ -104,7 +104,14 @@ def peer_layout_bytes(
             ids = kept_indices[rows].reshape(-1)
             per_epoch[epoch] = ids[ids >= 0]
         else:
-            per_epoch[epoch] = np.concatenate([plan.batch_indices(epoch, int(b)) for b in keys[rows, 1]])
+            # One permutation per epoch (not per batch): its batches are consecutive slices of it.
+            order = plan.epoch_permutation(epoch)
+            per_epoch[epoch] = np.concatenate(
+                [
+                    order[b * plan.batch_size : b * plan.batch_size + plan.batch_length(int(b))]
+                    for b in keys[rows, 1]
+                ]
+            )
     return {
         "files": kept_files,
         "lpld_sidecar": _sidecar_bytes(per_epoch),
