@@ -1,8 +1,8 @@
 """Start-up time: ``lpldstore info STORE`` and ``import lpldstore`` beside ``import zarr``.
 
 Each command runs in a fresh interpreter, the three interleaved round by round so that machine
-noise hits them alike; the figures are medians of wall time over the rounds. The target
-(issue 12): ``lpldstore info`` at most 2.5x ``python -c "import zarr"``, the floor any zarr-based
+noise hits them alike; the figures are medians of wall time over the rounds. The
+target: ``lpldstore info`` at most 2.5x ``python -c "import zarr"``, the floor any zarr-based
 tool pays. ``python -c "import torch"`` is measured too, as the cost the core no longer pays.
 
     python benchmarks/startup.py                       # ImageNet-1K IPC10 label shape at 40x
@@ -23,35 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from lpldstore import AugmentParams, DatasetInfo, PruningPlan, RelabelConfig, StoreWriter
+from lpldstore import PruningPlan
+from lpldstore.testing import fill, make_store
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def _build_store(path: Path, args: argparse.Namespace) -> None:
-    """Random images and logits in the label shape of ImageNet-1K IPC10 (1000 classes, batch 128, 40x)."""
-    rng = np.random.default_rng(0)
+    """Random images and logits in the label shape asked for (ImageNet-1K IPC10 at 40x by default)."""
     n, size = args.classes * args.ipc, args.size
     plan = PruningPlan(num_images=n, batch_size=args.batch, epochs=args.epochs, ratio=args.ratio)
-    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    dataset = DatasetInfo(name="startup", num_classes=args.classes, num_images=n, image_shape=(size, size, 3))
-    relabel = RelabelConfig(output_size=(size, size))
-    with StoreWriter.create(
-        path, plan=plan, images=images, labels=np.arange(n) % args.classes, dataset=dataset, relabel=relabel
-    ) as writer:
-        for epoch, batch in writer.todo():
-            k = plan.batch_length(batch)
-            params = AugmentParams(
-                crops=np.tile([0, 0, size, size], (k, 1)),
-                flips=rng.random(k) < 0.5,
-                mix_index=rng.permutation(k),
-                mix_lam=0.5,
-                mix_box=(0, 0, size // 2, size // 2),
-            )
-            logits = rng.standard_normal((k, args.classes)).astype(np.float16)
-            writer.write(epoch, batch, logits=logits, params=params)
+    with make_store(
+        path, plan=plan, num_classes=args.classes, image_hw=(size, size), output_size=(size, size)
+    ) as w:
+        fill(w)
 
 
 def _lpldstore_command() -> list[str]:

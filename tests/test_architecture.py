@@ -115,20 +115,22 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "
 """
 
 
+def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; fails the test unless it exits 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_reading_and_the_store_tools_never_import_torch(tmp_path: Path) -> None:
     plan = PruningPlan(num_images=24, batch_size=4, epochs=4, ratio=2, strategy="prefix")
     with make_store(tmp_path / "s.zarr", plan=plan, layout=Layout(block_entries=2)) as writer:
         fill(writer)
     work = tmp_path / "work"
     work.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", _READ_EVERYTHING, str(tmp_path / "s.zarr"), str(work)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(_READ_EVERYTHING, str(tmp_path / "s.zarr"), str(work))
     assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
@@ -140,10 +142,7 @@ def test_the_torch_facing_names_load_on_first_use() -> None:
         "assert 'torch' in sys.modules\n"
         "assert set(ls.__all__) <= set(dir(ls))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    _python(code)
 
 
 def test_a_missing_torch_names_the_extra_to_install() -> None:
@@ -161,9 +160,6 @@ def test_a_missing_torch_names_the_extra_to_install() -> None:
         "except ls.MissingDependencyError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     assert "lpldstore.PoolLoader needs torch" in done.stdout
     assert "pip install 'lpldstore[torch]'" in done.stdout

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpldstore import ARRAYS, FormatError, Layout, LpldStoreError, PruningPlan, open_store, verify_store
+from lpldstore import (
+    ARRAYS,
+    FormatError,
+    LabelStore,
+    Layout,
+    LpldStoreError,
+    PruningPlan,
+    open_store,
+    verify_store,
+)
 from lpldstore.loader.pool import _read_epoch
 from lpldstore.testing import fill, make_store
 
@@ -98,14 +107,14 @@ def verify_misses(store: Path, work: Path) -> list[str]:
     return missed
 
 
-def _read_through(path: str) -> Callable[[object], object]:
+def _read_through(path: str) -> Callable[[LabelStore], object]:
     """The reader call that reads ``path``'s first chunk (pool/key is checked by verify only)."""
-    readers: dict[str, Callable[[object], object]] = {
-        "images/pixels": lambda s: s.images(),  # type: ignore[attr-defined]
-        "images/labels": lambda s: s.labels(),  # type: ignore[attr-defined]
-        "pool/fidelity": lambda s: s.fidelity(),  # type: ignore[attr-defined]
+    readers: dict[str, Callable[[LabelStore], object]] = {
+        "images/pixels": LabelStore.images,
+        "images/labels": LabelStore.labels,
+        "pool/fidelity": LabelStore.fidelity,
     }
-    return readers.get(path, lambda s: s.entry_at(0))  # type: ignore[attr-defined]
+    return readers.get(path, lambda s: s.entry_at(0))
 
 
 def reader_misses(store: Path, work: Path) -> list[str]:

@@ -105,11 +105,16 @@ def test_bad_entry_is_refused_and_nothing_written(
     epoch, batch = writer.todo()[0]
     before = _files(writer.path)
     good = _good(writer, epoch, batch)
-    with pytest.raises(ValidationError, match=match):
+
+    def write() -> None:
+        arguments = change
         params = {k: v for k, v in change.items() if k in _PARAM_FIELDS}
-        if params:  # the record is built inside the check: AugmentParams refuses some values itself
-            change = {"params": dataclasses.replace(good["params"], **params)}
-        writer.write(epoch, batch, **(good | change))
+        if params:  # built inside the check: AugmentParams refuses some values itself
+            arguments = {"params": dataclasses.replace(good["params"], **params)}
+        writer.write(epoch, batch, **(good | arguments))
+
+    with pytest.raises(ValidationError, match=match):
+        write()
     writer.close()
     assert _files(writer.path) == before
     with open_store(writer.path) as store:

@@ -364,7 +364,7 @@ _SPECS = (
         stream=0,
         stage="source",
         optional=False,
-        # Padded slots hold zero boxes (format version 1).
+        # Padded slots hold zero boxes (since format version 1).
         arrays=(_sample("crop", "int16", (4,), -1, ("box",), pad=0),),
         draw=draw_crop,
         check=check_crop,

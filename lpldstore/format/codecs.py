@@ -218,8 +218,22 @@ def _read_header(stored: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt
     return head[:, 0], head[:, 1]
 
 
+class _AffineCodec(Codec):
+    """Per-row affine quantization to ``bits`` bits (2 to 8); subclasses choose how codes are stored."""
+
+    bits: int
+
+    @classmethod
+    def parse_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        _check_keys(cls.name, params, {"bits"})
+        return {"bits": _param_int(cls.name, params, "bits", 2, 8)}
+
+    def error_bound(self, logits: FloatArray) -> FloatArray:
+        return _affine_bound(logits, self.bits)
+
+
 @dataclasses.dataclass(frozen=True)
-class QuantizedCodec(Codec):
+class QuantizedCodec(_AffineCodec):
     """Per-row affine quantization to ``bits`` bits, codes bit-packed (little-endian bit order).
 
     Row layout: offset (float32 LE), scale (float32 LE), ``ceil(C * bits / 8)`` bytes of codes;
@@ -230,11 +244,6 @@ class QuantizedCodec(Codec):
     name: ClassVar[str] = "quantized"
     num_classes: int
     bits: int
-
-    @classmethod
-    def parse_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        _check_keys(cls.name, params, {"bits"})
-        return {"bits": _param_int(cls.name, params, "bits", 2, 8)}
 
     @property
     def row_size(self) -> int:
@@ -255,12 +264,9 @@ class QuantizedCodec(Codec):
         codes = (bits.astype(np.uint16) << np.arange(b, dtype=np.uint16)).sum(axis=2)
         return lo[:, None] + codes.astype(_F32) * scale[:, None]
 
-    def error_bound(self, logits: FloatArray) -> FloatArray:
-        return _affine_bound(logits, self.bits)
-
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedEntropyCodec(Codec):
+class QuantizedEntropyCodec(_AffineCodec):
     """Per-row affine quantization to ``bits`` bits, one code per byte, entropy-coded by zstd.
 
     Row layout: offset (float32 LE), scale (float32 LE), ``C`` code bytes. The array's zstd
@@ -270,11 +276,6 @@ class QuantizedEntropyCodec(Codec):
     name: ClassVar[str] = "quantized_entropy"
     num_classes: int
     bits: int
-
-    @classmethod
-    def parse_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        _check_keys(cls.name, params, {"bits"})
-        return {"bits": _param_int(cls.name, params, "bits", 2, 8)}
 
     @property
     def row_size(self) -> int:
@@ -292,9 +293,6 @@ class QuantizedEntropyCodec(Codec):
         stored = np.asarray(stored, dtype=np.uint8)
         lo, scale = _read_header(stored)
         return lo[:, None] + stored[:, 8:].astype(_F32) * scale[:, None]
-
-    def error_bound(self, logits: FloatArray) -> FloatArray:
-        return _affine_bound(logits, self.bits)
 
 
 def index_dtype(num_classes: int) -> np.dtype[Any]:

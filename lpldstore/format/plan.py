@@ -95,7 +95,7 @@ class PruningPlan(_Record):
         _int_field("epochs", self.epochs, 1)
         _int_field("seed", self.seed, 0)
         if self.batch_size > 32767:
-            # CutMix partners are stored as int16 positions within the batch (format version 1).
+            # CutMix partners are stored as int16 positions within the batch.
             raise ConfigError(f"plan.batch_size must be at most 32767. Got {self.batch_size} instead.")
         if (
             not isinstance(self.ratio, int | float)

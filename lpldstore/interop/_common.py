@@ -240,7 +240,7 @@ def flips_of(value: Any, n: int) -> npt.NDArray[np.bool_]:
     if arr.shape != (n,) or arr.dtype.kind not in "bui":
         raise RecordProblem(
             f"expected flip flags of shape ({n},) (got {arr.dtype} {arr.shape}); "
-            "a float array here is a cutout or RandAugment record, which format version 1 does not hold"
+            "a float array here is a cutout or RandAugment record, which the lpldstore format does not hold from peers"
         )
     return arr.astype(bool)
 
@@ -256,7 +256,7 @@ def mix_of(
     if index is None and lam is None and bbox is None:
         return None, None, None
     if bbox is None:
-        raise RecordProblem("Mixup record (lambda without a box); format version 1 holds CutMix only")
+        raise RecordProblem("Mixup record (lambda without a box); the lpldstore format holds CutMix only")
     if index is None or lam is None:
         raise RecordProblem("incomplete CutMix record (partner, lambda and box must all be present)")
     perm = as_numpy(index, "mix_index").astype(np.int64).reshape(-1)

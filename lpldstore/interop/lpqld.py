@@ -55,7 +55,9 @@ def _parse(
         got = f"{len(items)} items" if isinstance(items, list | tuple) else type(items).__name__
         raise RecordProblem(f"expected LPQLD's 6 or 7 items, got {got} (unknown record layout)")
     if len(items) == 7 and as_numpy(items[2], "item 2").dtype.kind == "f":
-        raise RecordProblem("RandAugment parameters at item 2; format version 1 does not hold RandAugment")
+        raise RecordProblem(
+            "RandAugment parameters at item 2; the lpldstore format does not hold RandAugment"
+        )
     flips_arr = as_numpy(items[1], "flip")
     if flips_arr.shape[:1] != (n,):
         raise RecordProblem(
