@@ -43,6 +43,7 @@ from lpld_pipeline import (
     synthesize,
     train,
 )
+from lpld_pipeline.artifacts import read_record
 from lpld_pipeline.data import load_digits_images
 
 RESULTS = Path(__file__).parent / "results"
@@ -122,7 +123,7 @@ def _run(work: Path, seeds: int, epochs: int, iterations: int) -> dict[str, Any]
     sq = dataclasses.replace(SQUEEZE_PRESETS["demo"], out=str(work / "squeeze"), progress=False)
     squeeze(sq)
     timing["squeeze"] += time.perf_counter() - t0
-    teacher_top1 = json.loads((work / "squeeze" / "config.json").read_text())["teacher_val_accuracy"]
+    teacher_top1 = (read_record(work / "squeeze", "squeeze") or {})["teacher_val_accuracy"]
     cells: dict[str, list[float]] = {}
     ipc = SYNTHESIS_PRESETS["demo"].ipc
     for seed in range(seeds):

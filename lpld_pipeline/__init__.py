@@ -4,18 +4,13 @@ Stages: :func:`squeeze` (teacher + exact class-wise BN statistics), :func:`synth
 class-wise recover, with classes packed into one batch), :func:`relabel` (the teacher's soft labels
 for the kept entries of a pruning plan, into an ``lpldstore`` store), :func:`train` (a student
 from the store with the pool loader) and :func:`run` (all four and a report). The ``lpld`` command
-line wraps them; see ``docs/pipeline.md``.
+line wraps them (and ``lpld verify --teacher``, :mod:`lpld_pipeline.check`); see ``docs/pipeline.md``.
+
+The configs and errors need neither torch nor torchvision. The stages do: without them installed
+the package still imports, and using a stage raises :class:`MissingDependencyError` naming the
+extra to install.
 """
 
-from lpld_pipeline.bnstats import (
-    ClassBNStats,
-    ClassMoments,
-    batchnorm_layers,
-    compute_class_stats,
-    load_class_stats,
-    save_class_stats,
-    squeeze,
-)
 from lpld_pipeline.config import (
     RELABEL_PRESETS,
     RUN_PRESETS,
@@ -33,39 +28,64 @@ from lpld_pipeline.config import (
     config_to_dict,
     resolve_config,
 )
-from lpld_pipeline.data import ImageDataset, build_dataset, load_digits_images
-from lpld_pipeline.errors import ArtifactError, ConfigError, DataError, PipelineError
-from lpld_pipeline.relabel import RelabelResult, relabel, relabel_entries, store_records
-from lpld_pipeline.run import RunReport, format_report, run
-from lpld_pipeline.synthesize import (
-    SynthesisResult,
-    load_synthesized,
-    plan_groups,
-    save_imagefolder,
-    synthesize,
-    synthesize_images,
-)
-from lpld_pipeline.teacher import (
-    NORMALIZATIONS,
-    Teacher,
-    TeacherSpec,
-    TinyResNet,
-    build_model,
-    load_teacher_checkpoint,
-    make_teacher,
-    save_teacher_checkpoint,
-    state_dict_sha256,
-    teacher_accuracy,
-)
-from lpld_pipeline.train import (
-    TrainResult,
-    build_student,
-    evaluate,
-    kd_loss,
-    load_student_checkpoint,
-    lr_factor,
-    train,
-)
+from lpld_pipeline.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, PipelineError
+
+try:
+    from lpld_pipeline.bnstats import (
+        ClassBNStats,
+        ClassMoments,
+        batchnorm_layers,
+        compute_class_stats,
+        load_class_stats,
+        save_class_stats,
+        squeeze,
+    )
+    from lpld_pipeline.data import ImageDataset, build_dataset, load_digits_images
+    from lpld_pipeline.relabel import RelabelResult, relabel, relabel_entries, store_records
+    from lpld_pipeline.run import RunReport, format_report, run
+    from lpld_pipeline.synthesize import (
+        SynthesisResult,
+        load_synthesized,
+        plan_groups,
+        save_imagefolder,
+        synthesize,
+        synthesize_images,
+    )
+    from lpld_pipeline.teacher import (
+        NORMALIZATIONS,
+        Teacher,
+        TeacherSpec,
+        TinyResNet,
+        build_model,
+        load_teacher_checkpoint,
+        make_teacher,
+        save_teacher_checkpoint,
+        state_dict_sha256,
+        teacher_accuracy,
+    )
+    from lpld_pipeline.train import (
+        TrainResult,
+        build_student,
+        evaluate,
+        kd_loss,
+        load_student_checkpoint,
+        lr_factor,
+        train,
+    )
+
+except ModuleNotFoundError as _exc:  # torch, torchvision, ...: the pipeline extra is not installed
+    if (_exc.name or "").partition(".")[0] in ("lpldstore", "lpld_pipeline"):
+        raise
+    _MISSING = _exc.name
+
+    def __getattr__(name: str) -> object:
+        if name in __all__:
+            raise MissingDependencyError(
+                f"lpld_pipeline.{name} needs {_MISSING}, which is not installed; install the pipeline's "
+                "dependencies with `pip install 'lpldstore[pipeline]'`."
+            )
+        raise AttributeError(f"module 'lpld_pipeline' has no attribute {name!r}")
+
 
 __all__ = [
     "NORMALIZATIONS",
@@ -81,6 +101,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "ImageDataset",
+    "MissingDependencyError",
     "PipelineError",
     "RelabelResult",
     "RelabelStageConfig",

@@ -8,17 +8,19 @@ packed with other groups, on any device and in any order; no generator state is 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import lpldstore
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop
-_SLOTS = 2 * _CROP_ATTEMPTS + 5
+_RRC_SLOTS = 2 * _CROP_ATTEMPTS
+_SLOTS = _RRC_SLOTS + 5
 _INIT_ITERATION = 2**32 - 1  # a counter value that augmentation draws never reach
 
 
@@ -72,27 +74,21 @@ def draw_params(
     flip: bool,
     jitter: int,
 ) -> AugParams:
-    """Random-resized-crop boxes (torchvision's rejection rule), flips and jitter for each group."""
+    """Random-resized-crop boxes, flips and jitter for each group.
+
+    Box sizes follow the project's one crop-size rule (:func:`lpldstore.crop_box_sizes`:
+    torchvision's ``RandomResizedCrop`` with its ratio-clamped fallback), fed with this module's
+    counter-based uniforms; a box is placed at ``floor(u * (H - h + 1))``, or centred where no
+    attempt fitted.
+    """
     u = uniforms(seed, keys, iteration, _SLOTS)
-    g = len(u)
     height, width = size
-    area = height * width
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    boxes = np.zeros((g, 4), dtype=np.int64)
-    done = np.zeros(g, dtype=bool)
-    for attempt in range(_CROP_ATTEMPTS):
-        target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 2 * attempt])
-        aspect = np.exp(log_lo + (log_hi - log_lo) * u[:, 2 * attempt + 1])
-        w = np.round(np.sqrt(target * aspect)).astype(np.int64)
-        h = np.round(np.sqrt(target / aspect)).astype(np.int64)
-        ok = ~done & (w > 0) & (h > 0) & (w <= width) & (h <= height)
-        top = np.floor(u[:, 20] * (height - h + 1)).astype(np.int64)
-        left = np.floor(u[:, 21] * (width - w + 1)).astype(np.int64)
-        boxes[ok] = np.stack([top, left, h, w], axis=1)[ok]
-        done |= ok
-    if not done.all():  # torchvision's fallback: the whole image
-        boxes[~done] = (0, 0, height, width)
-    flips = (u[:, 22] < 0.5) if flip else np.zeros(g, dtype=bool)
+    # Slots 2a and 2a + 1 are attempt a's area and log-ratio draws; 20 and 21 place the box.
+    h, w, found = lpldstore.crop_box_sizes(u[:, 0:_RRC_SLOTS:2], u[:, 1:_RRC_SLOTS:2], size, scale, ratio)
+    top = np.where(found, np.floor(u[:, 20] * (height - h + 1)), (height - h) // 2).astype(np.int64)
+    left = np.where(found, np.floor(u[:, 21] * (width - w + 1)), (width - w) // 2).astype(np.int64)
+    boxes = np.stack([top, left, h, w], axis=1).astype(np.int64)
+    flips = (u[:, 22] < 0.5) if flip else np.zeros(len(u), dtype=bool)
     shifts = np.floor(u[:, 23:25] * (jitter + 1)).astype(np.int64)
     return AugParams(boxes=boxes, flips=flips, shifts=shifts)
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from lpld_pipeline import _dist
+from lpld_pipeline import _dist, artifacts
 from lpld_pipeline.config import SqueezeConfig, config_to_dict
 from lpld_pipeline.data import build_dataset, class_names_of
 from lpld_pipeline.errors import ArtifactError, ConfigError
@@ -57,9 +57,6 @@ __all__ = [
 
 STATS_FORMAT = "lpld-class-bn-stats"
 STATS_FORMAT_VERSION = 1
-STATS_FILE = "bnstats.pt"
-TEACHER_FILE = "teacher.pt"
-CONFIG_FILE = "config.json"
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -206,7 +203,7 @@ def load_class_stats(path: str | Path) -> ClassBNStats:
     """Read ``bnstats.pt`` (or the ``bnstats.pt`` inside a squeeze output directory)."""
     path = Path(path)
     if path.is_dir():
-        path = path / STATS_FILE
+        path = path / artifacts.CLASS_STATS
     if not path.is_file():
         raise ArtifactError(
             f"Expected class statistics at {str(path)!r}. Got no such file; run `lpld squeeze`."
@@ -319,13 +316,13 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
     if config.out and rank == 0:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        save_class_stats(stats, out / STATS_FILE)
-        save_teacher_checkpoint(teacher, out / TEACHER_FILE)
-        record: dict[str, Any] = {"stage": "squeeze", "config": config_to_dict(config)}
+        save_class_stats(stats, out / artifacts.CLASS_STATS)
+        save_teacher_checkpoint(teacher, out / artifacts.TEACHER)
+        record: dict[str, Any] = {"config": config_to_dict(config)}
         record["teacher_sha256"] = stats.teacher_sha256
         record["images_per_class"] = stats.images_per_class.tolist()
         if config.data.name == "digits":
             val = build_dataset(config.data, "val")
             record["teacher_val_accuracy"] = teacher_accuracy(teacher, val, device=device)
-        (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        artifacts.write_record(out, "squeeze", record)
     return stats

@@ -15,7 +15,6 @@ its own part (``part=(rank, world)``: disjoint blocks of entries).
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import lpldstore
-from lpld_pipeline import _dist
-from lpld_pipeline.bnstats import CONFIG_FILE, TEACHER_FILE
+from lpld_pipeline import _dist, artifacts
 from lpld_pipeline.config import RelabelStageConfig, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
 from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
@@ -108,9 +106,9 @@ def relabel_entries(
 
 
 def _dataset_name(squeeze_dir: Path) -> str:
-    record = squeeze_dir / CONFIG_FILE
-    if record.is_file():
-        data = json.loads(record.read_text(encoding="utf-8")).get("config", {}).get("data", {})
+    record = artifacts.read_record(squeeze_dir, "squeeze")
+    if record is not None:
+        data = record.get("config", {}).get("data", {})
         name = data.get("name", "")
         return str(name if name != "imagefolder" else Path(data.get("root", "imagefolder")).name)
     return "distilled"
@@ -198,7 +196,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
     device = _dist.resolve_device(config.device)
     _dist.init_from_env(device)
     rank, world = _dist.rank_and_world()
-    teacher = load_teacher_checkpoint(squeeze_dir / TEACHER_FILE).to(device)
+    teacher = load_teacher_checkpoint(squeeze_dir / artifacts.TEACHER).to(device)
     if config.channels_last:
         teacher.model.to(memory_format=torch.channels_last)
     synth = load_synthesized(config.synth_dir)

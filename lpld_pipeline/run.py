@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 import lpldstore
-from lpld_pipeline import _dist
-from lpld_pipeline.bnstats import CONFIG_FILE, STATS_FILE, TEACHER_FILE, squeeze
+from lpld_pipeline import _dist, artifacts
+from lpld_pipeline.bnstats import squeeze
 from lpld_pipeline.config import RunConfig, config_to_dict
 from lpld_pipeline.relabel import relabel
 from lpld_pipeline.synthesize import synthesize
@@ -28,7 +28,6 @@ from lpld_pipeline.train import train
 
 __all__ = ["RunReport", "format_report", "run"]
 
-REPORT_FILE = "report.json"
 # Settings that do not change a stage's output.
 _NEUTRAL = ("progress", "device")
 
@@ -47,12 +46,12 @@ class RunReport:
     skipped: tuple[str, ...]
 
 
-def _same_output(directory: Path, config: Any, required: tuple[str, ...]) -> bool:
+def _same_output(directory: Path, stage: str, config: Any, required: tuple[str, ...]) -> bool:
     """Whether ``directory`` holds a finished output of ``config`` (neutral settings aside)."""
-    record = directory / CONFIG_FILE
-    if not record.is_file() or not all((directory / name).exists() for name in required):
+    record = artifacts.read_record(directory, stage)
+    if record is None or not all((directory / name).exists() for name in required):
         return False
-    saved = json.loads(record.read_text(encoding="utf-8")).get("config", {})
+    saved = record.get("config", {})
     now = config_to_dict(config)
     return all(saved.get(k) == v for k, v in now.items() if k not in _NEUTRAL)
 
@@ -71,12 +70,13 @@ def run(config: RunConfig) -> RunReport:
 def _run(config: RunConfig) -> RunReport:
     out = Path(config.out)
     common: dict[str, Any] = {"device": config.device, "progress": config.progress}
-    sq = dataclasses.replace(config.squeeze, out=str(out / "squeeze"), **common)
-    sy = dataclasses.replace(config.synthesize, squeeze_dir=sq.out, out=str(out / "synth"), **common)
+    where = {stage: str(out / name) for stage, name in artifacts.RUN_DIRS.items()}
+    sq = dataclasses.replace(config.squeeze, out=where["squeeze"], **common)
+    sy = dataclasses.replace(config.synthesize, squeeze_dir=sq.out, out=where["synthesize"], **common)
     rl = dataclasses.replace(
-        config.relabel, squeeze_dir=sq.out, synth_dir=sy.out, out=str(out / "labels.zarr"), **common
+        config.relabel, squeeze_dir=sq.out, synth_dir=sy.out, out=where["relabel"], **common
     )
-    tr = dataclasses.replace(config.train, store=rl.out, out=str(out / "train"), **common)
+    tr = dataclasses.replace(config.train, store=rl.out, out=where["train"], **common)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
 
@@ -86,11 +86,11 @@ def _run(config: RunConfig) -> RunReport:
         seconds[name] = round(time.perf_counter() - t0, 2)
         return result
 
-    if _same_output(Path(sq.out), sq, (STATS_FILE, TEACHER_FILE)):
+    if _same_output(Path(sq.out), "squeeze", sq, (artifacts.CLASS_STATS, artifacts.TEACHER)):
         skipped.append("squeeze")
     else:
         timed("squeeze", squeeze, sq)
-    if _same_output(Path(sy.out), sy, ()) and any(Path(sy.out).glob("images*.npz")):
+    if _same_output(Path(sy.out), "synthesize", sy, ()) and any(Path(sy.out).glob(artifacts.IMAGES_GLOB)):
         skipped.append("synthesize")
     else:
         timed("synthesize", synthesize, sy)
@@ -101,7 +101,7 @@ def _run(config: RunConfig) -> RunReport:
     with lpldstore.open_store(rl.out) as store:
         info = lpldstore.store_info(store)
         num_classes = store.dataset.num_classes
-    squeeze_record = json.loads((Path(sq.out) / CONFIG_FILE).read_text(encoding="utf-8"))
+    squeeze_record = artifacts.read_record(sq.out, "squeeze") or {}
     report = RunReport(
         out=str(out),
         top1=result.top1,
@@ -113,7 +113,7 @@ def _run(config: RunConfig) -> RunReport:
         skipped=tuple(skipped),
     )
     if _dist.rank_and_world()[0] == 0:
-        (out / REPORT_FILE).write_text(
+        (out / artifacts.REPORT).write_text(
             json.dumps(dataclasses.asdict(report), indent=2) + "\n", encoding="utf-8"
         )
         print(format_report(report))

@@ -32,14 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lpld_pipeline import _augment, _dist
-from lpld_pipeline.bnstats import (
-    CONFIG_FILE,
-    TEACHER_FILE,
-    ClassBNStats,
-    batchnorm_layers,
-    load_class_stats,
-)
+from lpld_pipeline import _augment, _dist, artifacts
+from lpld_pipeline.bnstats import ClassBNStats, batchnorm_layers, load_class_stats
 from lpld_pipeline.config import SynthesisConfig, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
 from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
@@ -318,14 +312,10 @@ def save_imagefolder(result: SynthesisResult, root: str | Path) -> None:
         Image.fromarray(image).save(folder / f"{int(label):05d}_{int(index):04d}.png")
 
 
-def _npz_name(rank: int, world: int) -> str:
-    return "images.npz" if world == 1 else f"images-rank{rank:03d}-of-{world:03d}.npz"
-
-
 def load_synthesized(out: str | Path) -> SynthesisResult:
     """Read a synthesize output directory (all ranks' shards), sorted by (label, index)."""
     out = Path(out)
-    shards = sorted(out.glob("images*.npz"))
+    shards = sorted(out.glob(artifacts.IMAGES_GLOB))
     if not shards:
         raise ArtifactError(f"Expected images*.npz in {str(out)!r}. Got none; run `lpld synthesize`.")
     parts = [np.load(p) for p in shards]
@@ -346,7 +336,7 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
     _dist.init_from_env(device)
     rank, world = _dist.rank_and_world()
     stats = load_class_stats(squeeze_dir)
-    teacher = load_teacher_checkpoint(squeeze_dir / TEACHER_FILE)
+    teacher = load_teacher_checkpoint(squeeze_dir / artifacts.TEACHER)
     stats.check_teacher(teacher)
     start = time.perf_counter()
     result = synthesize_images(
@@ -363,17 +353,16 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         np.savez(
-            out / _npz_name(rank, world),
+            out / artifacts.images_shard(rank, world),
             images=result.images,
             labels=result.labels,
             indices=result.indices,
             class_names=json.dumps(list(result.class_names)),
         )
         if config.write_imagefolder:
-            save_imagefolder(result, out / "imagefolder")
+            save_imagefolder(result, out / artifacts.IMAGEFOLDER)
         if rank == 0:
             record = {
-                "stage": "synthesize",
                 "config": config_to_dict(config),
                 "teacher_sha256": stats.teacher_sha256,
                 "class_names": list(stats.class_names),
@@ -382,5 +371,5 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
                 "images_rank0": len(result.labels),
                 "seconds_rank0": round(seconds, 3),
             }
-            (out / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            artifacts.write_record(out, "synthesize", record)
     return result

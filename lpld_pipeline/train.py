@@ -15,6 +15,10 @@ Checkpoint format (``checkpoint.pt``, ``torch.save``, loadable with ``weights_on
      "model": state_dict, "optimizer": state_dict, "loader": {"seed", "epoch", "step"},
      "epoch": int, "global_step": int, "rng": uint8 tensor, "best_top1": float, "done": bool}
 
+The step itself is a :class:`DistillationStep` (model, optimizer, learning-rate schedule, gradient
+scaler and loss, in the spirit of timm's ``task/distillation.py``); the loop around it only
+iterates, evaluates, logs and checkpoints.
+
 ``metrics.jsonl`` gets one JSON object per line: ``{"event": "epoch", ...}`` after every epoch
 and ``{"event": "eval", ...}`` after every evaluation.
 """
@@ -38,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 import lpldstore
-from lpld_pipeline import _dist
+from lpld_pipeline import _dist, artifacts
 from lpld_pipeline.config import TrainConfig, config_to_dict
 from lpld_pipeline.data import build_dataset, class_names_of
 from lpld_pipeline.errors import ArtifactError, ConfigError, DataError
@@ -46,6 +50,7 @@ from lpld_pipeline.relabel import autocast_dtype
 from lpld_pipeline.teacher import TeacherSpec, build_model
 
 __all__ = [
+    "DistillationStep",
     "TrainResult",
     "build_student",
     "evaluate",
@@ -57,9 +62,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "lpld-student"
 CHECKPOINT_FORMAT_VERSION = 1
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "config.json"
 # Fields that may change between a run and its resumption without changing the result.
 _RESUMABLE_CHANGES = frozenset({"out", "resume", "progress", "device", "num_workers", "val"})
 
@@ -165,7 +167,7 @@ def load_student_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint (``checkpoint.pt`` or the directory holding it)."""
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_FILE
+        path = path / artifacts.CHECKPOINT
     if not path.is_file():
         raise ArtifactError(f"Expected a training checkpoint at {str(path)!r}. Got no such file.")
     try:
@@ -212,6 +214,70 @@ def _val_dataset(config: TrainConfig, store: lpldstore.LabelStore) -> Dataset[tu
     return val
 
 
+class DistillationStep:
+    """One optimizer step of a student against stored soft labels, holding the state it needs.
+
+    The student ``model`` (and ``net``, the module to call: ``model`` itself or its DDP wrapper),
+    the ``optimizer``, the learning-rate schedule (:func:`lr_factor` of ``config``), the gradient
+    scaler (active only for fp16 autocast) and the loss settings (temperature, ``T**2``, logit
+    smoothing). Calling it on a :class:`lpldstore.PoolBatch` runs forward, loss, backward and the
+    optimizer step, and returns the loss and the student's logits.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        device: torch.device,
+        *,
+        net: nn.Module | None = None,
+    ) -> None:
+        self.model = model
+        self.net = net if net is not None else model
+        self.optimizer = optimizer
+        self.config = config
+        self.device = device
+        self.autocast = autocast_dtype(config.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast == torch.float16)
+
+    def set_epoch(self, epoch: int) -> float:
+        """Set the learning rate of training epoch ``epoch``; returns it."""
+        lr = self.config.lr * lr_factor(self.config, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return kd_loss(student, teacher, c.temperature, t2=c.t2, smoothing=c.logit_smoothing)
+
+    def __call__(self, batch: lpldstore.PoolBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch.images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = batch.logits.to(self.device, non_blocking=True)
+        dtype = self.autocast
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = self.net(x)
+        loss = self.loss(logits, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a training run stands: what a checkpoint saves besides the weights and the optimizer."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_top1: float = 0.0
+    top1: float = float("nan")
+
+
 def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a student from ``config.store``; checkpoints, metrics and result go to ``config.out``.
 
@@ -238,7 +304,12 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
     model = build_student(config, num_classes).to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = _optimizer(model, config)
+    net: nn.Module = model
+    if _dist.rank_and_world()[1] > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    step = DistillationStep(model, _optimizer(model, config), config, device, net=net)
     loader = lpldstore.PoolLoader(
         config.store,
         lpldstore.LoaderConfig(
@@ -250,9 +321,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
             labels=True,
         ),
     )
-    start_epoch, global_step, best = 0, 0, 0.0
-    top1 = float("nan")
-    ckpt_path = out / CHECKPOINT_FILE
+    progress = _Progress()
+    ckpt_path = out / artifacts.CHECKPOINT
     rng_state = torch.get_rng_state()
     torch.manual_seed(config.seed)  # dropout and friends; restored on exit
     try:
@@ -260,134 +330,101 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
             blob = load_student_checkpoint(ckpt_path)
             _check_resumable(json.loads(blob["config"]), config, ckpt_path)
             model.load_state_dict(blob["model"])
-            opt.load_state_dict(blob["optimizer"])
+            step.optimizer.load_state_dict(blob["optimizer"])
             loader.load_state_dict(blob["loader"])
             torch.set_rng_state(blob["rng"])
-            start_epoch, global_step, best = (
-                int(blob["epoch"]),
-                int(blob["global_step"]),
-                float(blob["best_top1"]),
+            progress = _Progress(
+                epoch=int(blob["epoch"]),
+                global_step=int(blob["global_step"]),
+                best_top1=float(blob["best_top1"]),
+                top1=float(blob.get("top1", float("nan"))),
             )
-            top1 = float(blob.get("top1", float("nan")))
             if blob.get("done"):
-                return TrainResult(str(out), top1, best, config.epochs, global_step, 0.0)
+                return TrainResult(
+                    str(out), progress.top1, progress.best_top1, config.epochs, progress.global_step, 0.0
+                )
         elif ckpt_path.exists() and not config.resume:
             raise ConfigError(
                 f"Expected no checkpoint in {str(out)!r} with resume=false. Got one; choose another out or "
                 "delete it."
             )
-        return _loop(
-            config,
-            model,
-            opt,
-            loader,
-            val,
-            (mean, std),
-            device,
-            start_epoch,
-            global_step,
-            best,
-            top1,
-            on_step,
-        )
+        return _loop(step, loader, val, (mean, std), progress, on_step)
     finally:
         torch.set_rng_state(rng_state)
         loader.close()
 
 
 def _loop(
-    config: TrainConfig,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
+    step: DistillationStep,
     loader: lpldstore.PoolLoader,
     val: Dataset[tuple[torch.Tensor, int]],
     norm: tuple[tuple[float, ...], tuple[float, ...]],
-    device: torch.device,
-    start_epoch: int,
-    global_step: int,
-    best: float,
-    top1: float,
+    progress: _Progress,
     on_step: Callable[[int, float], None] | None,
 ) -> TrainResult:
+    config, device = step.config, step.device
     out = Path(config.out)
-    rank, world = _dist.rank_and_world()
+    rank, _ = _dist.rank_and_world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    dtype = autocast_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loader.set_epoch(start_epoch)
+    loader.set_epoch(progress.epoch)
     bar = tqdm(
-        total=(config.epochs - start_epoch) * len(loader),
+        total=(config.epochs - progress.epoch) * len(loader),
         desc="train",
         disable=None if config.progress and rank == 0 else True,
         file=sys.stderr,
     )
 
-    def checkpoint(epoch: int, done: bool = False) -> None:
+    def checkpoint(done: bool = False) -> None:
         if rank != 0:
             return
         blob = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "config": json.dumps(config_to_dict(config)),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
+            "model": {k: v.detach().cpu() for k, v in step.model.state_dict().items()},
+            "optimizer": step.optimizer.state_dict(),
             "loader": loader.state_dict(),
-            "epoch": epoch,
-            "global_step": global_step,
+            "epoch": progress.epoch,
+            "global_step": progress.global_step,
             "rng": torch.get_rng_state(),
-            "best_top1": best,
-            "top1": top1,
+            "best_top1": progress.best_top1,
+            "top1": progress.top1,
             "done": done,
         }
-        _save_atomic(blob, out / CHECKPOINT_FILE)
+        _save_atomic(blob, out / artifacts.CHECKPOINT)
 
     def log(record: dict[str, Any]) -> None:
         if rank == 0:
-            with (out / METRICS_FILE).open("a", encoding="utf-8") as f:
+            with (out / artifacts.METRICS).open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     start = time.perf_counter()
-    net.train()
+    step.net.train()
     try:
-        for epoch in range(start_epoch, config.epochs):
-            lr = config.lr * lr_factor(config, epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
+        while progress.epoch < config.epochs:
+            epoch = progress.epoch
+            lr = step.set_epoch(epoch)
             loader.set_epoch(epoch)
             sums = torch.zeros(4, dtype=torch.float64)  # loss x n, correct, n, steps
             t0 = time.perf_counter()
             for batch in loader:
-                x = batch.images.to(device, non_blocking=True)
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                target = batch.logits.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    logits = net(x)
-                loss = kd_loss(
-                    logits, target, config.temperature, t2=config.t2, smoothing=config.logit_smoothing
-                )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                global_step += 1
+                loss, logits = step(batch)
+                progress.global_step += 1
                 n = len(batch)
-                value = float(loss.detach())
+                value = float(loss)
                 sums += torch.tensor([value * n, 0.0, n, 1], dtype=torch.float64)
                 if batch.labels is not None:
-                    sums[1] += float((logits.detach().argmax(1).cpu() == batch.labels.cpu()).sum())
+                    sums[1] += float((logits.argmax(1).cpu() == batch.labels.cpu()).sum())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
-                if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0:
-                    checkpoint(epoch)
+                if (
+                    config.checkpoint_every_steps
+                    and progress.global_step % config.checkpoint_every_steps == 0
+                ):
+                    checkpoint()
                 if on_step is not None:
-                    on_step(global_step, value)
+                    on_step(progress.global_step, value)
             _dist.all_reduce_sum(sums)
             seconds = time.perf_counter() - t0
             samples = float(sums[2])
@@ -395,7 +432,7 @@ def _loop(
                 {
                     "event": "epoch",
                     "epoch": epoch,
-                    "global_step": global_step,
+                    "global_step": progress.global_step,
                     "lr": lr,
                     "loss": float(sums[0]) / max(1.0, samples),
                     "train_top1_hard": float(sums[1]) / max(1.0, samples),
@@ -406,17 +443,30 @@ def _loop(
             )
             last = epoch + 1 == config.epochs
             if last or (epoch + 1) % config.val_interval == 0:
-                top1 = evaluate(model, val, mean=norm[0], std=norm[1], device=device, amp=config.amp)
-                best = max(best, top1)
-                log({"event": "eval", "epoch": epoch, "global_step": global_step, "top1": top1})
-                net.train()
-            loader.set_epoch(epoch + 1)  # the checkpoint's loader position: the next epoch's start
-            checkpoint(epoch + 1, done=last)
+                progress.top1 = evaluate(
+                    step.model, val, mean=norm[0], std=norm[1], device=device, amp=config.amp
+                )
+                progress.best_top1 = max(progress.best_top1, progress.top1)
+                log(
+                    {
+                        "event": "eval",
+                        "epoch": epoch,
+                        "global_step": progress.global_step,
+                        "top1": progress.top1,
+                    }
+                )
+                step.net.train()
+            progress.epoch = epoch + 1
+            loader.set_epoch(progress.epoch)  # the checkpoint's loader position: the next epoch's start
+            checkpoint(done=last)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    result = TrainResult(str(out), top1, best, config.epochs, global_step, seconds)
+    result = TrainResult(
+        str(out), progress.top1, progress.best_top1, config.epochs, progress.global_step, seconds
+    )
     if rank == 0:
-        record = {"stage": "train", "config": config_to_dict(config), "result": dataclasses.asdict(result)}
-        (out / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        artifacts.write_record(
+            out, "train", {"config": config_to_dict(config), "result": dataclasses.asdict(result)}
+        )
     return result

@@ -56,12 +56,12 @@ def test_verify_with_a_teacher_points_to_the_pipeline(
         (
             ModuleNotFoundError("No module named 'torch'", name="torch"),
             EXIT_ERROR,
-            "needs the optional package 'torch': pip install 'lpldstore[torch]'",
+            "needs torch, which is not installed: pip install 'lpldstore[torch]'",
         ),
         (
             ModuleNotFoundError("No module named 's3fs'", name="s3fs"),
             EXIT_ERROR,
-            "needs the optional package 's3fs': pip install s3fs",
+            "needs s3fs, which is not installed: pip install s3fs",
         ),
         (
             MissingDependencyError("x needs torch: pip install 'lpldstore[torch]'"),
@@ -69,6 +69,11 @@ def test_verify_with_a_teacher_points_to_the_pipeline(
             "x needs torch",
         ),
         (RuntimeError("boom"), EXIT_ERROR, "internal error: RuntimeError: boom (a bug; set LPLD_DEBUG=1"),
+        (
+            ImportError("cannot import name 'x' from 'lpldstore'", name="lpldstore"),
+            EXIT_ERROR,
+            "internal error",
+        ),
     ],
 )
 def test_every_failure_is_one_line(

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from lpldstore._version import __version__
 from lpldstore.cli import _derive, _interop, _store
-from lpldstore.cli._errors import run_command
+from lpldstore.cli._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXTRAS, run_command
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXTRAS", "main", "run_command"]
 
 
 def _parser() -> argparse.ArgumentParser:

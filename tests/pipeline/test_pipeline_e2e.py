@@ -23,7 +23,7 @@ def squeeze_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_squeeze_writes_stats_teacher_and_config(squeeze_dir: Path) -> None:
-    record = json.loads((squeeze_dir / "config.json").read_text())
+    record = json.loads((squeeze_dir / "squeeze.json").read_text())
     assert record["stage"] == "squeeze"
     assert record["config"]["data"]["image_size"] == 16
     assert record["teacher_val_accuracy"] > 0.5  # chance is 0.1
@@ -48,7 +48,7 @@ def test_synthesize_writes_images_labels_imagefolder_and_config(squeeze_dir: Pat
     assert result.images.dtype == np.uint8
     assert result.labels.tolist() == [c for c in range(10) for _ in range(3)]
     assert result.indices.tolist() == [0, 1, 2] * 10
-    record = json.loads((out / "config.json").read_text())
+    record = json.loads((out / "synthesize.json").read_text())
     assert record["config"]["ipc"] == 3
     assert record["config"]["squeeze_dir"] == str(squeeze_dir)
     from torchvision.datasets import ImageFolder

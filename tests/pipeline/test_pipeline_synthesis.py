@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import lpldstore
 from lpld_pipeline import ArtifactError, ConfigError, SynthesisConfig, plan_groups, synthesize_images
 from lpld_pipeline._augment import AugParams, apply_params, draw_params, uniforms
 
@@ -93,6 +94,21 @@ def test_draws_are_pure_functions_of_seed_key_and_iteration() -> None:
     assert 0.3 < many.flips.mean() < 0.7
     assert many.shifts.min() >= 0
     assert many.shifts.max() == 4
+
+
+def test_synthesis_crop_sizes_are_lpldstores_rule_with_its_centred_fallback() -> None:
+    keys = np.stack([np.arange(200), np.zeros(200, int)], 1)
+    kwargs = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3), "flip": False, "jitter": 0}
+    drawn = draw_params(5, keys, 3, size=(24, 40), **kwargs)  # type: ignore[arg-type]
+    u = uniforms(5, keys, 3, 25)
+    h, w, found = lpldstore.crop_box_sizes(u[:, 0:20:2], u[:, 1:20:2], (24, 40), (0.08, 1.0), (3 / 4, 4 / 3))
+    np.testing.assert_array_equal(drawn.boxes[:, 2], h)
+    np.testing.assert_array_equal(drawn.boxes[:, 3], w)
+    np.testing.assert_array_equal(drawn.boxes[found, 0], np.floor(u[found, 20] * (24 - h[found] + 1)))
+    # No attempt fits a 8x32 image at 90-100 % of its area with ratios in [1/2, 1]: torchvision's
+    # fallback is the ratio-clamped box (8x8), centred; the old rule took the whole image.
+    wide = draw_params(0, keys[:5], 0, size=(8, 32), scale=(0.9, 1.0), ratio=(0.5, 1.0), flip=False, jitter=0)
+    assert wide.boxes.tolist() == [[0, 12, 8, 8]] * 5
 
 
 def test_apply_params_identity_flip_and_roll() -> None:

@@ -83,7 +83,7 @@ def test_a_few_cpu_steps_lower_the_loss(store: Path, tmp_path: Path) -> None:
     evals = [r for r in lines if r["event"] == "eval"]
     assert len(evals) == 1
     assert 0.0 <= evals[0]["top1"] == result.top1 <= 1.0
-    assert json.loads((tmp_path / "t" / "config.json").read_text())["result"]["steps"] == 12
+    assert json.loads((tmp_path / "t" / "train.json").read_text())["result"]["steps"] == 12
 
 
 def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:

@@ -1,0 +1,128 @@
+"""``lpld verify STORE --teacher CKPT``: re-run the teacher on sampled entries and compare logits.
+
+The contract shared with the relabel stage: an entry's teacher input is
+``apply_params(images_uint8[indices], params, store.relabel, mean=(0,0,0), std=(1,1,1))`` ([0, 1]
+pixels; :class:`~lpld_pipeline.teacher.Teacher` normalizes itself) and its logits are
+``teacher(x)`` in float32 on the CPU, stored by the store's codec. Replaying the stored
+augmentations through the same kernels must give back the stored logits up to float16 rounding. A
+store paired with other images, made with another kernel or by another teacher differs by far more
+than that. This check lives in the pipeline because it needs the pipeline's teacher; lpldstore
+itself never imports the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+import lpldstore
+from lpld_pipeline.errors import ConfigError
+from lpld_pipeline.teacher import load_teacher_checkpoint
+
+__all__ = ["EntryCheck", "TeacherReport", "check_against_teacher"]
+
+# Slack for float32 arithmetic differences (threads, BLAS) on top of float16 rounding.
+_ABS_SLACK = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryCheck:
+    """The largest |teacher logit - stored logit| of one entry, and what it may be at most."""
+
+    epoch: int
+    batch: int
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherReport:
+    """Per sampled entry the largest |teacher logit - stored logit|, and store-wide findings."""
+
+    source: str
+    teacher: str
+    entries: tuple[EntryCheck, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(e.ok for e in self.entries)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "teacher": self.teacher,
+            "ok": self.ok,
+            "problems": list(self.problems),
+            "entries": [{**dataclasses.asdict(e), "ok": e.ok} for e in self.entries],
+        }
+
+
+def check_against_teacher(
+    source: str | os.PathLike[str],
+    teacher_checkpoint: str | os.PathLike[str],
+    *,
+    entries: int = 8,
+    seed: int = 0,
+    override_kernel: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> TeacherReport:
+    """Re-run the teacher of ``teacher_checkpoint`` on ``entries`` committed entries drawn by ``seed``."""
+    if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
+        raise ConfigError(f"Expected --entries to be a positive integer. Got {entries!r} instead.")
+    teacher = load_teacher_checkpoint(os.fspath(teacher_checkpoint)).cpu().float()
+    problems: list[str] = []
+    with lpldstore.open_store(source, storage_options=storage_options) as store:
+        relabel = store.relabel
+        if relabel.teacher_sha256 and relabel.teacher_sha256 != teacher.sha256():
+            problems.append(
+                f"teacher weights hash to {teacher.sha256()}, but the store was labelled by {relabel.teacher} "
+                f"with weights {relabel.teacher_sha256}"
+            )
+        committed = np.flatnonzero(store.committed())
+        rng = np.random.default_rng(seed)
+        picked = np.sort(rng.choice(committed, size=min(entries, len(committed)), replace=False))
+        images = torch.from_numpy(store.images())
+        checks = []
+        for position in picked.tolist():
+            entry = store.entry_at(position)
+            x = lpldstore.apply_params(
+                images[torch.from_numpy(entry.indices)],
+                entry.params,
+                relabel,
+                mean=(0.0, 0.0, 0.0),
+                std=(1.0, 1.0, 1.0),
+                override_kernel=override_kernel,
+            )
+            with torch.no_grad():
+                logits = teacher(x).float().numpy()
+            stored = entry.logits.astype(np.float32)
+            # float16 keeps 11 significant bits: rounding moves a logit by at most 2^-11 of its size.
+            tolerance = _ABS_SLACK + float(np.abs(stored).max(initial=0.0)) * 2.0**-10
+            diff = float(np.abs(logits - stored).max(initial=0.0))
+            checks.append(EntryCheck(entry.epoch, entry.batch, diff, tolerance))
+        return TeacherReport(store.where, relabel.teacher, tuple(checks), tuple(problems))
+
+
+def format_teacher_report(report: TeacherReport) -> str:
+    """The text that ``lpld verify --teacher`` prints after the chunk check."""
+    lines = [f"teacher: {problem}" for problem in report.problems]
+    for e in report.entries:
+        mark = "ok" if e.ok else "MISMATCH"
+        lines.append(
+            f"entry (epoch={e.epoch}, batch={e.batch}): max |teacher - stored| = {e.max_abs_diff:.4g} "
+            f"(tolerance {e.tolerance:.3g}) {mark}"
+        )
+    bad = sum(not e.ok for e in report.entries)
+    verdict = "OK" if report.ok else f"{bad} of {len(report.entries)} entries differ"
+    lines.append(f"teacher check: {verdict}")
+    return "\n".join(lines)
