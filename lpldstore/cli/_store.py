@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from lpldstore.cli._progress import add_quiet, show_progress
 from lpldstore.errors import ConfigError
 
 __all__ = ["register"]
@@ -31,7 +32,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "`lpldstore verify` checks every chunk and record; re-running a teacher needs torch and the "
             f"pipeline: run `lpld verify {args.store} --teacher {args.teacher}` instead."
         )
-    report = verify_store(args.store)
+    report = verify_store(args.store, progress=show_progress(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -57,7 +58,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_pack(args: argparse.Namespace) -> int:
     from lpldstore.tools.pack import checksum_path, pack_store
 
-    digest = pack_store(args.store, args.out)
+    digest = pack_store(args.store, args.out, progress=show_progress(args))
     print(f"packed {args.store} into {args.out}\nsha256 {digest} ({checksum_path(args.out)})")
     return 0
 
@@ -65,7 +66,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_unpack(args: argparse.Namespace) -> int:
     from lpldstore.tools.pack import unpack_store
 
-    count = unpack_store(args.zip, args.out)
+    count = unpack_store(args.zip, args.out, progress=show_progress(args))
     print(f"unpacked {count} files into {args.out}")
     return 0
 
@@ -82,6 +83,7 @@ def register(sub: Any) -> None:
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     # The teacher check moved to `lpld verify`; the flag stays to say so instead of a usage error.
     verify.add_argument("--teacher", default=None, help=argparse.SUPPRESS)
+    add_quiet(verify)
     verify.set_defaults(run=_cmd_verify)
 
     card = sub.add_parser("card", help="README-style Markdown summary of a store, for publishing")
@@ -92,9 +94,11 @@ def register(sub: Any) -> None:
     pack = sub.add_parser("pack", help="pack a store into one zip, with its SHA-256 beside it")
     pack.add_argument("store")
     pack.add_argument("out", help="OUT.zip")
+    add_quiet(pack)
     pack.set_defaults(run=_cmd_pack)
 
     unpack = sub.add_parser("unpack", help="unpack a packed store into a directory")
     unpack.add_argument("zip")
     unpack.add_argument("out")
+    add_quiet(unpack)
     unpack.set_defaults(run=_cmd_unpack)

@@ -25,12 +25,16 @@ Epochs: ``set_epoch`` writes the epoch into a shared-memory tensor, so ``DataLoa
 persistent ones included, see it when the next epoch's iteration starts.
 
 Distributed: under ``torch.distributed`` (or with ``rank``/``world_size``) each rank iterates its
-own share, exactly as the pool loader shares steps (``docs/loader.md``).
+own share, exactly as the pool loader shares steps (``docs/loader.md``). When ``batch_size`` cuts
+the stored batches, the ranks' shares can hold different sample counts (a short last batch of an
+epoch falls to one rank), so every rank stops after the smallest rank's number of batches: the
+collective calls of ``DistributedDataParallel`` stay in step instead of hanging on the last one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -41,6 +45,7 @@ import torch.utils.data
 
 from lpldstore.errors import ConfigError
 from lpldstore.loader.pool import LoaderConfig, PoolBatch, PoolLoader
+from lpldstore.loader.schedule import epoch_schedule, rank_share
 from lpldstore.storage._open import StoreLike
 
 __all__ = ["Output", "PoolDataset"]
@@ -114,9 +119,25 @@ class PoolDataset(torch.utils.data.IterableDataset[Any]):
         self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
-        """Batches this rank yields in the current epoch."""
+        """Batches this rank yields in the current epoch (the same on every rank)."""
         self._loader.set_epoch(self.epoch)
-        return len(self._loader)
+        even = self._even_length()
+        return len(self._loader) if even is None else even
+
+    def _even_length(self) -> int | None:
+        """The smallest rank's batch count when cut batches could differ between ranks, else None."""
+        loader, cfg = self._loader, self._loader.config
+        if loader.world_size == 1 or cfg.batch_size is None:
+            return None
+        plan = loader.plan
+        full = epoch_schedule(plan, cfg.policy, cfg.seed, self.epoch, cfg.steps_per_epoch)
+        lengths = np.array([plan.batch_length(b) for b in range(plan.batches_per_epoch)], dtype=np.int64)
+        counts = []
+        for rank in range(loader.world_size):
+            share = rank_share(full, rank, loader.world_size)
+            total = int(lengths[plan.kept_keys[share, 1]].sum())
+            counts.append(total // cfg.batch_size if cfg.drop_last else -(-total // cfg.batch_size))
+        return min(counts)
 
     def _batches(self) -> Iterator[PoolBatch]:
         info = torch.utils.data.get_worker_info()
@@ -129,8 +150,12 @@ class PoolDataset(torch.utils.data.IterableDataset[Any]):
                 "DataLoader(num_workers=0)."
             )
         if info is None or info.num_workers == 1:
-            self._loader.set_epoch(self.epoch)
-            yield from self._loader
+            self._loader.set_epoch(self.epoch)  # after it, the step is where this epoch starts
+            even = self._even_length()
+            if even is None:
+                yield from self._loader
+            else:
+                yield from itertools.islice(self._loader, max(even - self._loader.state_dict()["step"], 0))
             return
         if self._shard is None:  # this worker process's own copy of the dataset
             self._shard = _WorkerShard(self.source, cfg, info.id, info.num_workers)
