@@ -44,12 +44,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from lpldstore.tools.card import store_card
 
-    text = store_card(args.store)
+    citation = None
+    if args.citation is not None:
+        path = Path(args.citation)
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            raise ConfigError(f"Expected --citation to name a BibTeX file of at most 1 MB. Got {path}.")
+        try:
+            citation = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"Expected --citation to name a UTF-8 BibTeX file. Got {path} ({exc.reason})."
+            ) from exc
+    text = store_card(args.store, license=args.license, citation=citation, report=args.report)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        # Written whole under a temporary name: an existing card is never left half-replaced.
+        out = Path(args.out)
+        partial = out.with_name(f".{out.name}.partial")
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(out)
     else:
         print(text)
     return 0
@@ -89,6 +105,11 @@ def register(sub: Any) -> None:
     card = sub.add_parser("card", help="README-style Markdown summary of a store, for publishing")
     card.add_argument("store", help=_STORE_HELP)
     card.add_argument("-o", "--out", default=None, help="write to this file instead of stdout")
+    card.add_argument("--license", default=None, help="the licence, as an SPDX id (e.g. cc-by-4.0)")
+    card.add_argument("--citation", default=None, help="a BibTeX file citing the distilled dataset")
+    card.add_argument(
+        "--report", default=None, help="an `lpld run` report.json (default: the one beside a local store)"
+    )
     card.set_defaults(run=_cmd_card)
 
     pack = sub.add_parser("pack", help="pack a store into one zip, with its SHA-256 beside it")
