@@ -118,7 +118,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "card-out-dir",
         ["card", f"{W}/s.zarr", "-o", f"{W}/no/such/dir/README.md"],
-        "No such file or directory",
+        "Expected -o to name a file in an existing directory",
     ),
     # pack / unpack
     ("pack-not-zip", ["pack", f"{W}/s.zarr", f"{W}/out.tar"], "Expected an output name ending in .zip"),

@@ -59,10 +59,14 @@ def _cmd_card(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"Expected --citation to name a UTF-8 BibTeX file. Got {path} ({exc.reason})."
             ) from exc
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(
+            f"Expected -o to name a file in an existing directory. Got {out}; {out.parent} does not exist."
+        )
     text = store_card(args.store, license=args.license, citation=citation, report=args.report)
-    if args.out:
+    if out is not None:
         # Written whole under a temporary name: an existing card is never left half-replaced.
-        out = Path(args.out)
         partial = out.with_name(f".{out.name}.partial")
         partial.write_text(text + "\n", encoding="utf-8")
         partial.replace(out)

@@ -1,6 +1,6 @@
 """G-VBSM (and EDC's 7-item files): ``<dir>/epoch_<e>/batch_<b>.tar``, the ids inside each record.
 
-``[coords, flip, mix_index, mix_lam, mix_bbox, logits, index]`` (``reference/peer-formats.md``
+``[coords, flip, mix_index, mix_lam, mix_bbox, logits, index]`` (``docs/reference/peer-formats.md``
 §5): the logits are a teacher ensemble, item 6 is the batch's dataset ids, so the composition is
 read, not replayed. EDC's 8th item (patch-shuffle permutation) has no place in the lpldstore format
 and is reported as an unknown item.

@@ -1,6 +1,6 @@
 """LPLD: ``<dir>/epoch_<e>/batch_<b>.tar`` plus ``sampler_indices_epoch.json``.
 
-Records are SRe2L's six items (``reference/peer-formats.md`` §3). The sidecar maps each epoch to
+Records are SRe2L's six items (``docs/reference/peer-formats.md`` §3). The sidecar maps each epoch to
 the image ids of its saved batches in load order, concatenated; batch ``b`` is the ``b``-th
 consecutive chunk of the batch size. Pruned runs (``--prune_ratio r``) drop the short last batch
 and keep only the first ``int(epochs * bpe * (1 - r))`` global batches, so the last epoch folder

@@ -1,7 +1,7 @@
 """SRe2L / CDA (and CV-DD, FADRM, D4M): ``<dir>/epoch_<e>/batch_<b>.tar``, no sidecar.
 
 Each file is ``torch.save([coords, flip, mix_index, mix_lam, mix_bbox, logits])`` of one batch
-(``reference/peer-formats.md`` §2). The files carry no image ids: the composition is replayed
+(``docs/reference/peer-formats.md`` §2). The files carry no image ids: the composition is replayed
 from the writer's sampler (seed 42, ``RandomSampler`` + ``BatchSampler(drop_last=False)``, one
 generator over all epochs), as SRe2L's own reader does. The last batch of an epoch is short.
 """
