@@ -46,6 +46,7 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policy", choices=("ilp", "epoch", "stored", "sequential"), default="ilp")
     parser.add_argument("--workers", type=int, default=4, help="pool loader worker processes per rank")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="train in float32")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model's initialization")
     parser.add_argument("--out", default=None, help="write checkpoint.pt here (rank 0)")
     return parser.parse_args(argv)
 
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with lpldstore.open_store(args.store) as store:
         num_classes = store.dataset.num_classes
 
+    torch.manual_seed(args.seed)  # DDP broadcasts rank 0's initial weights; this makes them repeatable
     model = build_model(args.model, num_classes).to(device)
     if distributed:
         model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)

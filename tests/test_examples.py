@@ -151,9 +151,20 @@ def _can_listen() -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def store_32px(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 32 px, not 16: on the CPU, bfloat16 autocast gives NaN weight gradients in resnet18's layer4
+    # when its feature maps are 1x1 (torch 2.14, measured: 4 of 12 seeds at 16 px, 0 of 12 at 32 px).
+    path = tmp_path_factory.mktemp("examples32") / "labels.zarr"
+    plan = PruningPlan(num_images=20, batch_size=8, epochs=3, last_batch="pad", seed=42, sampler="sre2l")
+    with make_store(path, plan=plan, image_hw=(32, 32), output_size=(32, 32), num_classes=5) as writer:
+        fill(writer)
+    return path
+
+
 @pytest.mark.skipif(not _can_listen(), reason="torchrun needs a loopback TCP port")
 @pytest.mark.parametrize("loss", ["kl", "kl_mixed_ce"])
-def test_ddp_amp_loop_under_torchrun(small_store: Path, tmp_path: Path, loss: str) -> None:
+def test_ddp_amp_loop_under_torchrun(store_32px: Path, tmp_path: Path, loss: str) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -161,7 +172,7 @@ def test_ddp_amp_loop_under_torchrun(small_store: Path, tmp_path: Path, loss: st
         "--standalone",
         "--nproc_per_node=2",
         str(EXAMPLES / "train_ddp_amp.py"),
-        str(small_store),
+        str(store_32px),
         "--model",
         "resnet18",
         "--epochs",

@@ -130,7 +130,8 @@ class PoolDataset(torch.utils.data.IterableDataset[Any]):
         if loader.world_size == 1 or cfg.batch_size is None:
             return None
         plan = loader.plan
-        full = epoch_schedule(plan, cfg.policy, cfg.seed, self.epoch, cfg.steps_per_epoch)
+        seed = loader.state_dict()["seed"]  # the config's, or a loaded state's
+        full = epoch_schedule(plan, cfg.policy, seed, self.epoch, cfg.steps_per_epoch)
         lengths = np.array([plan.batch_length(b) for b in range(plan.batches_per_epoch)], dtype=np.int64)
         counts = []
         for rank in range(loader.world_size):
