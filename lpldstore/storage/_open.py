@@ -14,6 +14,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, ZipStore
 
 from lpldstore.errors import FormatError, NotAStoreError
+from lpldstore.storage._backends import check_url_backend
 from lpldstore.storage._guard import READ_ERRORS, check_zip_members
 
 StoreLike = str | os.PathLike[str]
@@ -28,6 +29,7 @@ def open_zarr_store(
 ) -> Store:
     """A zarr store over ``source``: a store directory, a ``.zip`` of one, or an fsspec URL."""
     if is_url(source):
+        check_url_backend(str(source))  # a missing s3fs / huggingface_hub named, not a bare ImportError
         if read_only:
             return _remote_store(str(source), dict(storage_options or {}))
         return FsspecStore.from_url(

@@ -23,6 +23,8 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from tqdm import tqdm
+
 from lpldstore.errors import ArtifactError, StoreExistsError
 from lpldstore.storage.reader import open_store
 
@@ -56,8 +58,11 @@ def _members(root: Path) -> list[Path]:
     return sorted(files, key=order)
 
 
-def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
-    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest."""
+def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> str:
+    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest.
+
+    ``progress`` shows a bar of the files packed on stderr.
+    """
     root, target = Path(store), Path(out)
     if target.suffix != ".zip":
         raise ArtifactError(f"Expected an output name ending in .zip. Got {target.name!r} instead.")
@@ -81,7 +86,7 @@ def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> st
     partial_sum = target.with_name(f".{target.name}.sha256.partial-{tag}")
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for path in _members(root):
+            for path in tqdm(_members(root), desc="pack", unit="file", disable=not progress):
                 zf.write(path, path.relative_to(root).as_posix())
         digest = sha256_file(partial)
         partial_sum.write_text(f"{digest}  {target.name}\n")
@@ -120,7 +125,9 @@ def _safe_name(name: str) -> bool:
     )
 
 
-def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
+def unpack_store(
+    zip_path: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False
+) -> int:
     """Unpack a packed store into the new directory ``out``; returns the number of files.
 
     Refuses members with absolute paths, ``..``, backslashes or drive letters, and links; checks
@@ -151,7 +158,7 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
             )
         partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            for info in infos:
+            for info in tqdm(infos, desc="unpack", unit="file", disable=not progress):
                 if info.is_dir():
                     continue
                 dest = partial / info.filename

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from lpldstore.errors import LpldStoreError
 from lpldstore.format.codecs import Codec
@@ -62,8 +63,13 @@ class VerifyReport:
         }
 
 
-def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> VerifyReport:
-    """Read every chunk of a store and check it; never raises for damage, reports it."""
+def verify_store(
+    source: StoreLike, *, storage_options: Mapping[str, Any] | None = None, progress: bool = False
+) -> VerifyReport:
+    """Read every chunk of a store and check it; never raises for damage, reports it.
+
+    ``progress`` shows a bar (entries, then images) on stderr.
+    """
     try:
         store = open_store(source, storage_options=storage_options)
     except LpldStoreError as exc:
@@ -74,8 +80,8 @@ def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None
         problems.extend(
             Problem(a, m) for a, m in stale_array_metadata(store.zarr_store, store.where, store.attrs.arrays)
         )
-        committed = _check_pool(store, problems)
-        _check_images(store, problems)
+        committed = _check_pool(store, problems, progress)
+        _check_images(store, problems, progress)
         return VerifyReport(store.where, store.num_entries, int(committed.sum()), tuple(problems))
 
 
@@ -88,7 +94,7 @@ def _read(store: LabelStore, path: str, span: slice, problems: list[Problem]) ->
         return None
 
 
-def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bool_]:
+def _check_pool(store: LabelStore, problems: list[Problem], progress: bool = False) -> npt.NDArray[np.bool_]:
     block = store.layout.block_entries
     codec = store.attrs.logits_codec
     # Every block-chunked array but the flags and keys (checked on their own): the record and,
@@ -99,8 +105,10 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
         if a.decl.chunking == "block" and a.decl.role not in ("committed", "key")
     ]
     committed = np.zeros(store.num_entries, dtype=bool)
+    bar = tqdm(total=store.num_entries, desc="verify entries", unit="entry", disable=not progress)
     for start in range(0, store.num_entries, block):
         span = slice(start, min(start + block, store.num_entries))
+        bar.update(span.stop - span.start)
         keys = store.keys[span]
         flags = _read(store, "pool/committed", span, problems)
         if flags is None:
@@ -134,6 +142,7 @@ def _check_pool(store: LabelStore, problems: list[Problem]) -> npt.NDArray[np.bo
             for path, message in record_problems(store.attrs, epoch, batch, row):
                 problems.append(Problem(path, message, epoch, batch))
             _check_logits(store, codec, start + i, epoch, batch, problems)
+    bar.close()
     return committed
 
 
@@ -155,11 +164,12 @@ def _check_logits(
         problems.append(Problem("pool/logits", "non-finite logits", epoch, batch))
 
 
-def _check_images(store: LabelStore, problems: list[Problem]) -> None:
+def _check_images(store: LabelStore, problems: list[Problem], progress: bool = False) -> None:
     pixels_array = store.array("images/pixels")
     step = pixels_array.chunks[0]
     ok = True
-    for start in range(0, store.dataset.num_images, step):
+    starts = range(0, store.dataset.num_images, step)
+    for start in tqdm(starts, desc="verify images", unit="chunk", disable=not progress):
         try:
             pixels_array[start : start + step]
         except READ_ERRORS as exc:
