@@ -113,16 +113,7 @@ def build(root: Path, shape: Shape, peer_files: bool) -> tuple[Path, Path, Pruni
             k = plan.batch_length(b)
             params = draw_params(relabel, (size, size), k, epoch, b)
             logits = (rng.standard_normal((k, classes)) * 3).astype(np.float16)
-            writer.write(
-                epoch,
-                b,
-                logits=logits,
-                crops=params.crops,
-                flips=params.flips,
-                mix_index=params.mix_index,
-                mix_lam=params.mix_lam,
-                mix_box=list(params.mix_box),
-            )
+            writer.write(epoch, b, logits=logits, params=params)
             if peer_files:
                 # SRe2L's record: crop boxes relative to the image size, as RandomResizedCropWithCoords saves them.
                 coords = params.crops.astype(np.float32) / np.float32(size)

@@ -153,16 +153,7 @@ def _pool_store(args: argparse.Namespace, tmp: Path) -> Path:
             idx = writer.plan.batch_indices(epoch, b)
             params = lpldstore.draw_params(relabel_cfg, (args.size, args.size), len(idx), epoch, b)
             logits = rng.normal(0, 3, (len(idx), args.classes)).astype(np.float32)
-            writer.write(
-                epoch,
-                b,
-                logits=logits,
-                crops=params.crops,
-                flips=params.flips,
-                mix_index=params.mix_index,
-                mix_lam=params.mix_lam,
-                mix_box=np.asarray(params.mix_box),
-            )
+            writer.write(epoch, b, logits=logits, params=params)
     return path
 
 

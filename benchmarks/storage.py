@@ -50,9 +50,19 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from lpldstore import CodecConfig, DatasetInfo, Layout, PruningPlan, RelabelConfig, StoreWriter, open_store
-from lpldstore.fidelity import fidelity_sums, summarize
-from lpldstore.sizes import peer_layout_bytes, storage_bytes
+from lpldstore import (
+    AugmentParams,
+    CodecConfig,
+    DatasetInfo,
+    Layout,
+    PruningPlan,
+    RelabelConfig,
+    StoreWriter,
+    open_store,
+    peer_layout_bytes,
+    storage_bytes,
+)
+from lpldstore.format.fidelity import fidelity_sums, summarize
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -259,21 +269,19 @@ def measure_entry_bytes(
         layout=Layout(block_entries=64),
     ) as writer:
         for e, b in writer.todo():
-            extra: dict[str, Any] = {}
-            if relabel.mix != "none":
-                extra = {
-                    "mix_index": rng.permutation(batch),
-                    "mix_lam": float(rng.beta(1, 1)),
-                    "mix_box": [0, 0, 4, 4],
-                }
-            writer.write(
-                e,
-                b,
-                logits=_rows_for(pool, classes, batch, rng),
-                crops=np.tile([0, 0, 8, 8], (batch, 1)),
-                flips=rng.random(batch) < 0.5,
-                **extra,
+            crops, flips = np.tile([0, 0, 8, 8], (batch, 1)), rng.random(batch) < 0.5
+            params = (
+                AugmentParams.without_mix(crops=crops, flips=flips)
+                if relabel.mix == "none"
+                else AugmentParams(
+                    crops=crops,
+                    flips=flips,
+                    mix_index=rng.permutation(batch),
+                    mix_lam=float(rng.beta(1, 1)),
+                    mix_box=(0, 0, 4, 4),
+                )
             )
+            writer.write(e, b, logits=_rows_for(pool, classes, batch, rng), params=params)
     with open_store(path) as store:
         sizes = storage_bytes(store)
     shutil.rmtree(path)

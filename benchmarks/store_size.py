@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lpldstore import (
+    AugmentParams,
     DatasetInfo,
     PruningPlan,
     RelabelConfig,
@@ -60,11 +61,13 @@ def build(
                 epoch,
                 b,
                 logits=(rng.standard_normal((k, classes)) * 3).astype(np.float16),
-                crops=crops,
-                flips=rng.random(k) < 0.5,
-                mix_index=rng.permutation(k),
-                mix_lam=float(rng.beta(1, 1)),
-                mix_box=[0, 0, size // 2, size // 2],
+                params=AugmentParams(
+                    crops=crops,
+                    flips=rng.random(k) < 0.5,
+                    mix_index=rng.permutation(k),
+                    mix_lam=float(rng.beta(1, 1)),
+                    mix_box=(0, 0, size // 2, size // 2),
+                ),
             )
     return time.perf_counter() - start
 

@@ -95,21 +95,9 @@ def check_against_teacher(
         checks = []
         for position in picked.tolist():
             entry = store.entry_at(position)
-            params = lpldstore.AugmentParams(
-                crops=entry.crops.astype(np.int32),
-                flips=entry.flips,
-                mix_index=entry.mix_index,
-                mix_lam=entry.mix_lam,
-                mix_box=(
-                    int(entry.mix_box[0]),
-                    int(entry.mix_box[1]),
-                    int(entry.mix_box[2]),
-                    int(entry.mix_box[3]),
-                ),
-            )
             x = lpldstore.apply_params(
                 images[torch.from_numpy(entry.indices)],
-                params,
+                entry.params,
                 relabel,
                 mean=(0.0, 0.0, 0.0),
                 std=(1.0, 1.0, 1.0),

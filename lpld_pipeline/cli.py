@@ -24,9 +24,7 @@ import argparse
 import dataclasses
 import importlib
 import json
-import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,14 +43,12 @@ from lpld_pipeline.config import (
     config_to_dict,
     resolve_config,
 )
+from lpldstore.cli import EXTRAS, run_command
 
 __all__ = ["main"]
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-# Third-party modules the pipeline needs beyond lpldstore's core, and the extra that installs them.
-_PIPELINE_EXTRA = "pipeline"
-_PIPELINE_MODULES = frozenset({"torch", "torchvision", "sklearn", "tqdm", "PIL", "scipy"})
+# Third-party modules the pipeline needs beyond lpldstore's core come with its `pipeline` extra.
+_EXTRAS = {**EXTRAS, **dict.fromkeys(("torch", "torchvision", "sklearn", "PIL", "scipy"), "pipeline")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,19 +214,6 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0 if chunks.ok and report.ok else 1
 
 
-def _missing_dependency(exc: ImportError) -> str | None:
-    """The message for an import of a third-party module that is not installed, else None (a bug)."""
-    name = (exc.name or "").partition(".")[0]
-    if not isinstance(exc, ModuleNotFoundError) or not name or name in ("lpldstore", "lpld_pipeline"):
-        return None
-    if name in _PIPELINE_MODULES:
-        return (
-            f"this command needs {name}, which is not installed; install the pipeline's dependencies with "
-            f"`pip install 'lpldstore[{_PIPELINE_EXTRA}]'`"
-        )
-    return f"this command needs the Python package {name!r}, which is not installed; install it with pip"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lpld`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -239,38 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     name = str(args.stage)
     stage = _STAGES.get(name)
-    debug = bool(os.environ.get("LPLD_DEBUG"))
-
-    def fail(message: str, code: int = EXIT_ERROR) -> int:
-        if debug:
-            traceback.print_exc()
-        print(f"lpld {name}: {message}", file=sys.stderr)
-        return code
-
-    try:
-        return _run_stage(stage, args) if stage is not None else _run_verify(args)
-    except KeyboardInterrupt:
-        resumes = stage is not None and stage.resumes
-        return fail(
-            "interrupted; rerun the same command to resume" if resumes else "interrupted", EXIT_INTERRUPTED
-        )
-    except BrokenPipeError:
-        # The reader of our output went away (`lpld run --print-config | head`): stop quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except lpldstore.LpldStoreError as exc:  # both packages' errors, MissingDependencyError included
-        return fail(f"error: {exc}")
-    except ImportError as exc:
-        message = _missing_dependency(exc)
-        return fail(_internal(exc) if message is None else f"error: {message}")
-    except OSError as exc:
-        return fail(f"error: {exc}")
-    except Exception as exc:  # noqa: BLE001  (anything else is a bug: one line, not a traceback)
-        return fail(_internal(exc))
-
-
-def _internal(exc: BaseException) -> str:
-    return f"internal error: {type(exc).__name__}: {exc} (a bug; set LPLD_DEBUG=1 for the traceback)"
+    resumes = stage is not None and stage.resumes
+    return run_command(
+        "lpld",
+        name,
+        lambda: _run_stage(stage, args) if stage is not None else _run_verify(args),
+        interrupted_hint="rerun the same command to resume" if resumes else "",
+        extras=_EXTRAS,
+    )
 
 
 if __name__ == "__main__":

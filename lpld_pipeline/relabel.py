@@ -101,16 +101,7 @@ def relabel_entries(
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = teacher(x)
-            writer.write(
-                epoch,
-                batch,
-                logits=logits.float().cpu().numpy(),
-                crops=params.crops,
-                flips=params.flips,
-                mix_index=params.mix_index,
-                mix_lam=params.mix_lam,
-                mix_box=np.asarray(params.mix_box),
-            )
+            writer.write(epoch, batch, logits=logits.float().cpu().numpy(), params=params)
             done += 1
             bar.update(1)
     finally:

@@ -1,23 +1,19 @@
-"""lpldstore: a chunked, versioned Zarr v3 store for pruned soft-label pools."""
+"""lpldstore: a chunked, versioned Zarr v3 store for pruned soft-label pools.
 
-from lpldstore._schema import FORMAT_NAME, FORMAT_VERSION, Layout
-from lpldstore._teacher_check import TeacherReport, check_against_teacher
-from lpldstore.augment import (
-    REGISTRY,
-    AugmentParams,
-    AugmentSpec,
-    StoredArray,
-    apply_params,
-    check_kernel_name,
-    crop_box_sizes,
-    draw_params,
-    validate_params,
-)
-from lpldstore.budget import entry_bytes_bound, parse_size, plan_for_budget
-from lpldstore.card import store_card
-from lpldstore.codecs import CODECS, Codec
-from lpldstore.config import CodecConfig, DatasetInfo, Provenance, RelabelConfig
-from lpldstore.derive import derive_store, prune, recode
+The package is layered (``docs/architecture.md``): ``format`` (what a store is), ``storage``
+(reading and writing it with zarr), ``tools`` (whole-store commands), all without torch; then
+``augment`` (replay kernels), ``loader`` (the pool loader) and ``interop`` (the peers' pickled
+layouts), which need torch. Every public name is exported here; the torch-facing ones
+(:func:`apply_params`, :class:`PoolLoader`, :class:`PoolDataset`, ...) are imported on first use, so opening, reading,
+verifying and packing a store never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lpldstore._lazy import lazy_attributes
+from lpldstore._version import __version__
 from lpldstore.errors import (
     ArtifactError,
     ConfigError,
@@ -34,26 +30,49 @@ from lpldstore.errors import (
     UnsupportedVersionError,
     ValidationError,
 )
-from lpldstore.fidelity import Fidelity
-from lpldstore.info import format_store_info, store_info
-from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
-from lpldstore.pack import pack_store, unpack_store
-from lpldstore.plan import PruningPlan
-from lpldstore.reader import Entry, EntryMetadata, LabelStore, open_store
-from lpldstore.sizes import peer_layout_bytes, storage_bytes
-from lpldstore.verify import Problem, VerifyReport, verify_store
-from lpldstore.writer import StoreWriter
+from lpldstore.format.arrays import ARRAYS, ArrayDecl
+from lpldstore.format.augmentations import REGISTRY, AugmentSpec, StoredArray, crop_box_sizes
+from lpldstore.format.codecs import CODECS, Codec
+from lpldstore.format.fidelity import Fidelity
+from lpldstore.format.params import AugmentParams, check_kernel_name, draw_params, validate_params
+from lpldstore.format.plan import PruningPlan
+from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig
+from lpldstore.format.schema import FORMAT_NAME, FORMAT_VERSION
+from lpldstore.storage.reader import Entry, EntryMetadata, LabelStore, open_store
+from lpldstore.storage.writer import StoreWriter
+from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
+from lpldstore.tools.card import store_card
+from lpldstore.tools.derive import derive_store, prune, recode
+from lpldstore.tools.info import format_store_info, store_info
+from lpldstore.tools.pack import pack_store, unpack_store
+from lpldstore.tools.sizes import peer_layout_bytes, storage_bytes
+from lpldstore.tools.verify import Problem, VerifyReport, verify_store
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from lpldstore.augment import apply_params
+    from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolDataset, PoolLoader, epoch_schedule
+
+# The torch-facing names, by the module that defines them.
+_LAZY = {
+    "apply_params": "lpldstore.augment",
+    "LoaderConfig": "lpldstore.loader",
+    "Policy": "lpldstore.loader",
+    "PoolBatch": "lpldstore.loader",
+    "PoolDataset": "lpldstore.loader",
+    "PoolLoader": "lpldstore.loader",
+    "epoch_schedule": "lpldstore.loader",
+}
 
 __all__ = [
+    "ARRAYS",
+    "CODECS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "REGISTRY",
+    "ArrayDecl",
     "ArtifactError",
     "AugmentParams",
     "AugmentSpec",
-    "CODECS",
     "Codec",
     "CodecConfig",
     "ConfigError",
@@ -66,14 +85,10 @@ __all__ = [
     "FormatError",
     "InteropError",
     "LabelStore",
-    "LoaderConfig",
     "Layout",
     "LpldStoreError",
     "MissingDependencyError",
     "NotAStoreError",
-    "Policy",
-    "PoolBatch",
-    "PoolLoader",
     "Problem",
     "Provenance",
     "PruningPlan",
@@ -82,21 +97,17 @@ __all__ = [
     "StoreExistsError",
     "StoreWriter",
     "StoredArray",
-    "TeacherReport",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "ValidationError",
     "VerifyReport",
     "__version__",
-    "apply_params",
-    "check_against_teacher",
     "check_kernel_name",
     "crop_box_sizes",
     "derive_store",
     "draw_params",
     "entry_bytes_bound",
     "format_store_info",
-    "epoch_schedule",
     "open_store",
     "pack_store",
     "parse_size",
@@ -105,9 +116,20 @@ __all__ = [
     "prune",
     "recode",
     "storage_bytes",
-    "store_info",
     "store_card",
+    "store_info",
     "unpack_store",
     "validate_params",
     "verify_store",
+    # imported on first use (torch)
+    "LoaderConfig",
+    "Policy",
+    "PoolBatch",
+    "PoolDataset",
+    "PoolLoader",
+    "apply_params",
+    "epoch_schedule",
 ]
+
+if not TYPE_CHECKING:  # type checkers see the imports above; a typo stays an error for them
+    __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lpldstore.config import DatasetInfo, RelabelConfig
-from lpldstore.plan import PruningPlan
-from lpldstore.writer import StoreWriter
+from lpldstore.format.params import AugmentParams
+from lpldstore.format.plan import PruningPlan
+from lpldstore.format.records import DatasetInfo, Layout, RelabelConfig
+from lpldstore.storage.reader import open_store
+from lpldstore.storage.writer import StoreWriter
 
 __all__ = [
     "DAMAGE_KINDS",
@@ -59,17 +61,26 @@ def fake_entry(
     top = rng.integers(0, h - ch + 1)
     left = rng.integers(0, w - cw + 1)
     bottom, right = int(rng.integers(0, out_h + 1)), int(rng.integers(0, out_w + 1))
-    entry: dict[str, Any] = {
-        "crops": np.stack([top, left, ch, cw], axis=1),
-        "flips": rng.random(n) < 0.5,
-        "logits": (rng.standard_normal((n, dataset.num_classes)) * 4).astype(np.float32),
-    }
-    if relabel.mix != "none":
-        entry |= {
-            "mix_index": rng.permutation(n),
-            "mix_lam": float(rng.beta(1.0, 1.0)),
-            "mix_box": [int(rng.integers(0, bottom + 1)), int(rng.integers(0, right + 1)), bottom, right],
-        }
+    crops, flips = np.stack([top, left, ch, cw], axis=1), rng.random(n) < 0.5
+    logits = (rng.standard_normal((n, dataset.num_classes)) * 4).astype(np.float32)
+    extra: dict[str, npt.NDArray[Any]] = {}
+    if "cutout" in relabel.extras:
+        box = np.stack(
+            [rng.integers(0, out_h, n), rng.integers(0, out_w, n), np.full(n, 2), np.full(n, 2)], axis=1
+        )
+        extra = {"cutout_box": box, "cutout_fill": rng.integers(0, 256, (n, 3)).astype(np.uint8)}
+    if relabel.mix == "none":
+        params = AugmentParams.without_mix(crops=crops, flips=flips, extra=extra)
+    else:
+        params = AugmentParams(
+            crops=crops,
+            flips=flips,
+            mix_index=rng.permutation(n),
+            mix_lam=float(np.float32(rng.beta(1.0, 1.0))),
+            mix_box=(int(rng.integers(0, bottom + 1)), int(rng.integers(0, right + 1)), bottom, right),
+            extra=extra,
+        )
+    entry: dict[str, Any] = {"logits": logits, "params": params}
     if plan.composition == "explicit":
         entry["indices"] = rng.integers(0, dataset.num_images, size=n)
     return entry
@@ -83,15 +94,19 @@ def make_store(
     image_hw: tuple[int, int] = (12, 10),
     output_size: tuple[int, int] = (8, 8),
     mix: str = "cutmix",
+    extras: tuple[str, ...] = (),
     seed: int = 0,
     **writer_options: Any,
 ) -> StoreWriter:
-    """Create a store of fake images for ``plan`` and return its writer (nothing written yet)."""
+    """Create a store of fake images for ``plan`` and return its writer (nothing written yet).
+
+    ``extras`` names optional augmentations (``("cutout",)``) whose parameters the store keeps.
+    """
     images, labels = fake_images(plan.num_images, *image_hw, num_classes, seed)
     dataset = DatasetInfo(
         name="fake", num_classes=num_classes, num_images=plan.num_images, image_shape=(*image_hw, 3)
     )
-    relabel = RelabelConfig(output_size=output_size, mix=mix, teacher="fake")  # type: ignore[arg-type]
+    relabel = RelabelConfig(output_size=output_size, mix=mix, teacher="fake", extras=extras)  # type: ignore[arg-type]
     return StoreWriter.create(
         path, plan=plan, images=images, labels=labels, dataset=dataset, relabel=relabel, **writer_options
     )
@@ -128,8 +143,6 @@ def kill_at(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 def different_entries(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> list[str]:
     """Where two stores differ, entry by entry (commit flags, every array, lambda); [] if equal."""
-    from lpldstore.reader import open_store
-
     found: list[str] = []
     with open_store(a) as sa, open_store(b) as sb:
         if not np.array_equal(sa.keys, sb.keys):
@@ -144,11 +157,11 @@ def different_entries(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> l
             if not ca[pos]:
                 continue
             ea, eb = sa.entry_at(pos), sb.entry_at(pos)
-            for field in ("indices", "crops", "flips", "mix_index", "mix_box", "logits"):
+            for field in ("indices", "logits"):
                 if not np.array_equal(getattr(ea, field), getattr(eb, field)):
                     found.append(f"position {pos}: {field} differ")
-            if ea.mix_lam != eb.mix_lam:
-                found.append(f"position {pos}: mix_lam differs")
+            if ea.params != eb.params:
+                found.append(f"position {pos}: augmentation parameters differ")
     return found
 
 
@@ -205,8 +218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = PruningPlan(
             num_images=args.images, batch_size=args.batch_size, epochs=args.epochs, ratio=2, strategy="random"
         )
-        from lpldstore._schema import Layout
-
         make_store(
             args.store, plan=plan, image_hw=(args.size, args.size), layout=Layout(block_entries=args.block)
         ).close()

@@ -17,21 +17,21 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as tvf
 
-from lpldstore import _augment_ops as ops
-from lpldstore import augment as augment_module
-from lpldstore.augment import (
-    KERNEL,
-    REGISTRY,
+from lpldstore.augment import apply_params
+from lpldstore.augment import kernels as ops
+from lpldstore.augment import replay as augment_module
+from lpldstore.augment.kernels import KERNELS
+from lpldstore.errors import ConfigError, ValidationError
+from lpldstore.format import augmentations as draws
+from lpldstore.format.augmentations import KERNEL, REGISTRY, BatchGeometry
+from lpldstore.format.params import (
     AugmentParams,
-    BatchGeometry,
-    apply_params,
     augment_rng,
     check_kernel_name,
     draw_params,
     validate_params,
 )
-from lpldstore.config import RelabelConfig
-from lpldstore.errors import ConfigError, ValidationError
+from lpldstore.format.records import RelabelConfig
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -155,7 +155,7 @@ def test_crop_boxes_inside_image_and_ranges(
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> None:
-    boxes, fell_back = ops.crop_boxes(np.random.default_rng(seed), (height, width), n, scale, ratio)
+    boxes, fell_back = draws.crop_boxes(np.random.default_rng(seed), (height, width), n, scale, ratio)
     assert boxes.shape == (n, 4)
     top, left, h, w = boxes.T
     assert (top >= 0).all()
@@ -178,13 +178,15 @@ def test_crop_boxes_inside_image_and_ranges(
 
 def test_crop_fallback_is_torchvisions_centre_crop() -> None:
     # A scale no box can reach forces the fallback; the ratio range then picks the shape.
-    boxes, fell_back = ops.crop_boxes(np.random.default_rng(0), (100, 10), 3, (1.0, 1.0), (3 / 4, 4 / 3))
+    boxes, fell_back = draws.crop_boxes(np.random.default_rng(0), (100, 10), 3, (1.0, 1.0), (3 / 4, 4 / 3))
     assert fell_back.all()
     assert boxes.tolist() == [[43, 0, 13, 10]] * 3  # h = round(10 / (3/4)), centred
 
 
 def test_crop_draw_covers_the_scale_range() -> None:
-    boxes, fell_back = ops.crop_boxes(np.random.default_rng(0), (224, 224), 2000, (0.08, 1.0), (3 / 4, 4 / 3))
+    boxes, fell_back = draws.crop_boxes(
+        np.random.default_rng(0), (224, 224), 2000, (0.08, 1.0), (3 / 4, 4 / 3)
+    )
     frac = boxes[:, 2] * boxes[:, 3] / 224**2
     assert fell_back.mean() < 0.1
     assert frac.min() < 0.1
@@ -299,7 +301,7 @@ def _check_kernel(spec_name: str, device: str) -> None:
     arrays = draw_params(relabel, (37, 45), 6, 0, 0, extras=("cutout",)).to_arrays()
     x = _kernel_input(spec_name, 6, device)
     before, version = x.clone(), x._version
-    out = spec.kernel(x, arrays, relabel)
+    out = KERNELS[spec_name](x, arrays, relabel)
     assert x._version == version, "kernel wrote into its input"
     assert torch.equal(x, before)
     assert out.dtype == x.dtype
@@ -309,12 +311,12 @@ def _check_kernel(spec_name: str, device: str) -> None:
     if all(a.scope == "sample" for a in spec.arrays):
         for i in [0, 3, 5]:
             one = {a.name: arrays[a.name][i : i + 1] for a in spec.arrays}
-            assert torch.equal(spec.kernel(x[i : i + 1], one, relabel), out[i : i + 1])
+            assert torch.equal(KERNELS[spec_name](x[i : i + 1], one, relabel), out[i : i + 1])
         empty = {a.name: arrays[a.name][:0] for a in spec.arrays}
-        assert spec.kernel(x[:0], empty, relabel).shape == (0, 3, 24, 20)
+        assert KERNELS[spec_name](x[:0], empty, relabel).shape == (0, 3, 24, 20)
     # inplace=True (apply_params on its own intermediates) gives the same values.
     mine = x.clone()
-    assert torch.equal(spec.kernel(mine, arrays, relabel, inplace=True), out)
+    assert torch.equal(KERNELS[spec_name](mine, arrays, relabel, inplace=True), out)
 
 
 @pytest.mark.parametrize("spec_name", list(REGISTRY))
@@ -349,7 +351,9 @@ def test_registry_is_read_only_and_specs_pickle() -> None:
         # repr, not ==: mix_lam's NaN fill value is unequal to itself once copied.
         assert repr(again) == repr(spec)
         assert again.draw is spec.draw
-        assert again.kernel is spec.kernel
+        assert again.check is spec.check
+    assert list(KERNELS) == sorted(KERNELS, key=list(REGISTRY).index), "one kernel per augmentation"
+    assert set(KERNELS) == set(REGISTRY)
     names = [a.name for s in REGISTRY.values() for a in s.arrays]
     assert len(names) == len(set(names))
     assert list(REGISTRY) == ["crop", "cutout", "flip", "cutmix"]
@@ -421,7 +425,7 @@ def test_check_kernel_name() -> None:
     check_kernel_name(KERNEL, "bicubic", replay_interpolation="bicubic")
     with pytest.raises(ConfigError, match=r"Expected a store made with the crop kernel .* Got 'cv2.resize'"):
         check_kernel_name("cv2.resize", "bilinear")
-    with pytest.raises(ConfigError, match="pass override=True"):
+    with pytest.raises(ConfigError, match="pass override_kernel=True"):
         check_kernel_name(KERNEL, "lanczos")
     with pytest.raises(ConfigError, match=r"stored interpolation 'bilinear'\. Got 'bicubic'"):
         check_kernel_name(KERNEL, "bilinear", replay_interpolation="bicubic")

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lpldstore import CodecConfig, ConfigError, PruningPlan, StoreDamagedError, open_store, verify_store
-from lpldstore.codecs import MR_TAIL, QuantizedCodec, TopKCodec, codec_from_config
-from lpldstore.fidelity import fidelity_sums, summarize
+from lpldstore.format.codecs import CODECS, MR_TAIL, QuantizedCodec, TopKCodec
+from lpldstore.format.fidelity import fidelity_sums, summarize
 from lpldstore.testing import fake_entry, fill, make_store
 
 
@@ -28,7 +28,7 @@ def logit_rows(draw: st.DrawFn) -> np.ndarray:
 
 @given(logit_rows())
 def test_float16_is_exact(x: np.ndarray) -> None:
-    codec = codec_from_config("float16", {}, x.shape[1], 20.0)
+    codec = CODECS["float16"].build({}, x.shape[1], 20.0)
     decoded = codec.decode(codec.encode(x))
     assert decoded.dtype == np.float16
     assert np.array_equal(decoded, x.astype(np.float16))
@@ -37,7 +37,7 @@ def test_float16_is_exact(x: np.ndarray) -> None:
 
 @given(logit_rows(), st.integers(2, 8), st.sampled_from(["quantized", "quantized_entropy"]))
 def test_quantized_round_trip_within_bound(x: np.ndarray, bits: int, name: str) -> None:
-    codec = codec_from_config(name, {"bits": bits}, x.shape[1], 20.0)
+    codec = CODECS[name].build({"bits": bits}, x.shape[1], 20.0)
     stored = codec.encode(x)
     assert stored.dtype == np.uint8
     assert stored.shape == (len(x), codec.row_size)
@@ -60,7 +60,7 @@ def test_topk_round_trip_and_tail_rules(x: np.ndarray, data: st.DataObject) -> N
     classes = x.shape[1]
     k = data.draw(st.integers(1, classes - 1))
     tail = data.draw(st.sampled_from(["MR", "MS", "MRS"]))
-    codec = codec_from_config("topk", {"k": k, "tail": tail}, classes, 20.0)
+    codec = CODECS["topk"].build({"k": k, "tail": tail}, classes, 20.0)
     assert isinstance(codec, TopKCodec)
     decoded = codec.decode(codec.encode(x)).astype(np.float64)
     bound = codec.error_bound(x)

@@ -27,19 +27,18 @@ import torch
 from PIL import Image
 
 from lpldstore import open_store
-from lpldstore._schema import Layout
-from lpldstore.budget import plan_for_budget
 from lpldstore.cli import main
-from lpldstore.config import CodecConfig
-from lpldstore.derive import parse_codec, prune, recode
 from lpldstore.errors import ValidationError
+from lpldstore.format.plan import PruningPlan
+from lpldstore.format.records import CodecConfig, Layout
 from lpldstore.interop import ImportOptions, export_store, import_labels
 from lpldstore.interop._common import replay_sampler
-from lpldstore.pack import check_zip_checksum, checksum_path, pack_store, unpack_store
-from lpldstore.plan import PruningPlan
-from lpldstore.sizes import storage_bytes
 from lpldstore.testing import different_entries, fill, make_store
-from lpldstore.verify import verify_store
+from lpldstore.tools.budget import plan_for_budget
+from lpldstore.tools.derive import parse_codec, prune, recode
+from lpldstore.tools.pack import check_zip_checksum, checksum_path, pack_store, unpack_store
+from lpldstore.tools.sizes import storage_bytes
+from lpldstore.tools.verify import verify_store
 
 # Kills per command at a random moment from its start, on top of the one in its staging window.
 EXTRA_TRIALS = max(0, int(os.environ.get("LPLD_KILL_TRIALS", "1")) - 1)
@@ -281,7 +280,7 @@ def test_a_budget_prune_stopped_before_its_size_check_leaves_no_store(
     work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each budget attempt is a finished store; it must not sit at OUT before it is known to fit.
-    from lpldstore import derive
+    from lpldstore.tools import derive
 
     parent = work / "parent.zarr"
     fixed, entries = _sizes(parent)

@@ -23,8 +23,8 @@ from lpldstore import (
     apply_params,
     open_store,
 )
-from lpldstore._schedule import epoch_schedule, rank_share, stored_epochs
 from lpldstore.loader import LoaderConfig, PoolBatch, PoolLoader
+from lpldstore.loader.schedule import epoch_schedule, rank_share, stored_epochs
 from lpldstore.testing import fill, make_store
 
 # 6 batches per epoch (the last holds 2 images); 16 of 24 entries kept: epochs 0 and 1 whole,
@@ -381,5 +381,7 @@ def test_a_missing_small_array_chunk_fails_with_the_readers_check(tmp_path: Path
     chunks = sorted(p for p in (path / "pool" / "mix_index" / "c").rglob("*") if p.is_file())
     chunks[0].unlink()
     loader = PoolLoader(path, policy="sequential")
-    with pytest.raises(StoreDamagedError, match=r"entry \(epoch=0, batch=0\): the CutMix record is damaged"):
+    with pytest.raises(
+        StoreDamagedError, match=r"entry \(epoch=0, batch=0\): pool/mix_index: chunk missing or damaged"
+    ):
         next(iter(loader))

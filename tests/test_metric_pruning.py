@@ -9,8 +9,8 @@ import pytest
 
 from lpldstore import ConfigError, PruningPlan, open_store, prune, verify_store
 from lpldstore.cli import main
-from lpldstore.label_metrics import entry_scores, row_scores, select_by_metric
 from lpldstore.testing import fill, make_store
+from lpldstore.tools.label_metrics import entry_scores, row_scores, select_by_metric
 
 PLAN = PruningPlan(num_images=20, batch_size=4, epochs=6)  # 30 entries
 

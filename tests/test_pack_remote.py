@@ -15,12 +15,12 @@ import torch
 from aiohttp import web
 
 from lpldstore import FORMAT_VERSION, PoolLoader, open_store, verify_store
-from lpldstore.card import store_card
 from lpldstore.cli import main
 from lpldstore.errors import ArtifactError, StoreExistsError
-from lpldstore.pack import checksum_path, pack_store, unpack_store
-from lpldstore.plan import PruningPlan
+from lpldstore.format.plan import PruningPlan
 from lpldstore.testing import fill, make_store
+from lpldstore.tools.card import store_card
+from lpldstore.tools.pack import checksum_path, pack_store, unpack_store
 
 
 @pytest.fixture

@@ -25,16 +25,11 @@ def _assert_store_matches(path: Path, seed: int) -> None:
             assert (got.epoch, got.batch, got.position) == (e, b, pos)
             want_indices = want["indices"] if plan.composition == "explicit" else plan.batch_indices(e, b)
             assert np.array_equal(got.indices, want_indices)
-            assert np.array_equal(got.crops, want["crops"])
-            assert np.array_equal(got.flips, want["flips"])
+            assert got.params == want["params"]
             assert np.array_equal(got.logits, want["logits"].astype(np.float16))
             if relabel.mix == "none":
                 assert np.array_equal(got.mix_index, np.arange(n))
                 assert got.mix_lam == 1.0
-            else:
-                assert np.array_equal(got.mix_index, want["mix_index"])
-                assert got.mix_lam == np.float32(want["mix_lam"])
-                assert got.mix_box.tolist() == want["mix_box"]
             # The vectorised read agrees with the per-entry read, padding included.
             assert np.array_equal(meta.indices[pos, :n], got.indices)
             assert (meta.indices[pos, n:] == -1).all()

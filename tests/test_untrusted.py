@@ -106,7 +106,7 @@ def test_a_pickle_codec_is_refused_before_any_chunk_is_read(
 ) -> None:
     marker = tmp_path / "pwned"
     _make_malicious(store_path, marker)
-    match = r"array 'pool/logits' declares codec 'numcodecs.pickle'; lpldstore format 1 allows only"
+    match = r"array 'pool/logits' declares codec 'numcodecs.pickle'; the lpldstore format allows only"
     with pytest.raises(FormatError, match=match):
         open_store(store_path)
     report = verify_store(store_path)

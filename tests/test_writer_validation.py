@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lpldstore import (
+    AugmentParams,
     DatasetInfo,
     EntryError,
     PruningPlan,
@@ -39,6 +40,8 @@ def _good(writer: StoreWriter, epoch: int, batch: int) -> dict[str, Any]:
 
 
 def _bad_cases() -> list[tuple[str, dict[str, Any], str]]:
+    """(case, change, message): a change to the entry's arguments or, for keys of AugmentParams,
+    to its augmentation record (refused by AugmentParams or by the writer's check of it)."""
     return [
         ("logits shape", {"logits": np.zeros((4, 6))}, r"expected logits of shape \(4, 5\)\. Got \(4, 6\)"),
         (
@@ -55,23 +58,44 @@ def _bad_cases() -> list[tuple[str, dict[str, Any], str]]:
             {"indices": np.array([0, 1, 2, 3])},
             "differ from the plan's batch composition",
         ),
+        ("params missing", {"params": None}, "expected params as an AugmentParams"),
         (
             "crop outside",
             {"crops": np.tile([10, 0, 4, 4], (4, 1))},
-            r"crop box \[10, 0, 4, 4\].*not inside the 12x10",
+            r"inside the 12x10 source image\. Got \(10, 0, 4, 4\) for sample 0",
         ),
-        ("crop empty", {"crops": np.tile([0, 0, 0, 4], (4, 1))}, "not inside the 12x10 image"),
-        ("crop negative", {"crops": np.tile([-1, 0, 2, 2], (4, 1))}, "not inside the 12x10 image"),
-        ("crop floats", {"crops": np.zeros((4, 4), dtype=np.float32)}, "expected crops of integer dtype"),
-        ("flips dtype", {"flips": np.zeros(4, dtype=np.int64)}, "expected flips of bool dtype"),
-        ("flips shape", {"flips": np.zeros(3, dtype=bool)}, r"expected flips of shape \(4,\)"),
-        ("mix perm", {"mix_index": np.array([0, 0, 1, 2])}, "mix_index to be a permutation of 0..3"),
-        ("mix lam", {"mix_lam": 1.5}, r"expected mix_lam in \[0, 1\]"),
-        ("mix lam nan", {"mix_lam": float("nan")}, r"expected mix_lam in \[0, 1\]"),
-        ("mix box", {"mix_box": [0, 0, 9, 4]}, r"mix box \[0, 0, 9, 4\].*not inside the 8x8 output"),
-        ("mix box order", {"mix_box": [5, 0, 4, 4]}, "not inside the 8x8 output"),
-        ("mix missing", {"mix_box": None}, "mix_index, mix_lam and mix_box are required"),
+        ("crop empty", {"crops": np.tile([0, 0, 0, 4], (4, 1))}, "inside the 12x10 source image"),
+        ("crop negative", {"crops": np.tile([-1, 0, 2, 2], (4, 1))}, "inside the 12x10 source image"),
+        ("crop floats", {"crops": np.zeros((4, 4), dtype=np.float32)}, "Expected integer 'crops'"),
+        (
+            "flips dtype",
+            {"flips": np.zeros(4, dtype=np.int64)},
+            r"Expected flips of dtype bool, shape \(4,\)",
+        ),
+        ("flips shape", {"flips": np.zeros(3, dtype=bool)}, r"Expected flips of dtype bool, shape \(4,\)"),
+        (
+            "short params",
+            {
+                "crops": np.tile([0, 0, 2, 2], (3, 1)),
+                "flips": np.zeros(3, dtype=bool),
+                "mix_index": np.arange(3),
+            },
+            "expected params for 4 images",
+        ),
+        ("mix perm", {"mix_index": np.array([0, 0, 1, 2])}, r"'mix_index' to be a permutation of range\(4\)"),
+        ("mix lam", {"mix_lam": 1.5}, r"'mix_lam' to be one number in \[0, 1\]"),
+        ("mix lam nan", {"mix_lam": float("nan")}, "Expected a finite mix_lam"),
+        ("mix box", {"mix_box": (0, 0, 9, 4)}, r"inside the 8x8 output\. Got \(0, 0, 9, 4\)"),
+        ("mix box order", {"mix_box": (5, 0, 4, 4)}, "inside the 8x8 output"),
+        (
+            "cutout in a store without it",
+            {"extra": {"cutout_box": np.zeros((4, 4), np.int16), "cutout_fill": np.zeros((4, 3), np.uint8)}},
+            r"expected the augmentation arrays .* \(relabel.extras=\[\]\)",
+        ),
     ]
+
+
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(AugmentParams)}
 
 
 @pytest.mark.parametrize(("case", "change", "match"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
@@ -80,8 +104,17 @@ def test_bad_entry_is_refused_and_nothing_written(
 ) -> None:
     epoch, batch = writer.todo()[0]
     before = _files(writer.path)
+    good = _good(writer, epoch, batch)
+
+    def write() -> None:
+        arguments = change
+        params = {k: v for k, v in change.items() if k in _PARAM_FIELDS}
+        if params:  # built inside the check: AugmentParams refuses some values itself
+            arguments = {"params": dataclasses.replace(good["params"], **params)}
+        writer.write(epoch, batch, **(good | arguments))
+
     with pytest.raises(ValidationError, match=match):
-        writer.write(epoch, batch, **(_good(writer, epoch, batch) | change))
+        write()
     writer.close()
     assert _files(writer.path) == before
     with open_store(writer.path) as store:

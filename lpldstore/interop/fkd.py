@@ -1,7 +1,7 @@
 """FKD / FerKD: one file per image, ``<dir>/<class folder>/<image stem>.tar``.
 
-Each file is ``torch.save([coords, flip_status, labels])`` of NumPy arrays (``reference/
-peer-formats.md`` §7): ``coords`` (R, 4) normalized boxes, ``flip_status`` (R,), ``labels``
+Each file is ``torch.save([coords, flip_status, labels])`` of NumPy arrays
+(``docs/reference/peer-formats.md`` §7): ``coords`` (R, 4) normalized boxes, ``flip_status`` (R,), ``labels``
 (R, 2, k) with class ids in row 0 and top-k probabilities in row 1, for R crops of the image.
 FKD has no batches and no CutMix; a store needs them, so crop ``r`` of the images
 ``b·B .. b·B + B - 1`` (ImageFolder order) becomes entry (epoch ``r``, batch ``b``). The top-k
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import PruningPlan
 from lpldstore.interop._common import (
     PEER_SEED,
     BatchRef,
@@ -34,12 +35,11 @@ from lpldstore.interop._common import (
 )
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
+from lpldstore.interop.layouts import FKD_RULES
 from lpldstore.interop.sre2l import _check_problems
-from lpldstore.plan import PruningPlan
 
-__all__ = ["FKD_RULES", "recover_soft_label", "scan"]
+__all__ = ["recover_soft_label", "scan"]
 
-FKD_RULES = ("marginal_smoothing", "marginal_renorm", "hard", "smoothing")
 _DEFAULT_BATCH = 256
 
 

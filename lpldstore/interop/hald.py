@@ -1,7 +1,7 @@
 """HALD: ``<dir>/epoch_<e>.tar`` (a list over the epoch's batches) + ``sampler_indices_dict.pt``.
 
 Each batch record is ``[coords fp16, flip, mix_index, mix_lam, mix_bbox, probs fp16]`` with
-``probs = softmax(ensemble logits / T)`` (``reference/peer-formats.md`` §6); the sidecar holds
+``probs = softmax(ensemble logits / T)`` (``docs/reference/peer-formats.md`` §6); the sidecar holds
 each epoch's permutation ``{"<e>": randperm(N)}``, cut into consecutive batches. Probabilities
 are stored as logits T·log(p) (T = ``--temperature``, HALD's default 20), so that
 ``softmax(logits / T)`` gives back HALD's targets; zero probabilities become the fill logit.
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import LastBatch
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -34,7 +35,6 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems
-from lpldstore.plan import LastBatch
 
 __all__ = ["DEFAULT_TEMPERATURE", "SIDECAR", "scan"]
 

@@ -1,6 +1,6 @@
 """LPQLD: flat ``<dir>/batch_<g>.tar`` (g counts batches across epochs) + ``sampler_indices_batch.json``.
 
-Records (``reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
+Records (``docs/reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
 mix_bbox (4 uint8 tensors), logits fp16]``, or with ``--label_quantization`` the tail
 ``topk_values, topk_ids`` (7 items). Top-k records are expanded to dense logits by the rule of
 :func:`~lpldstore.interop._common.topk_to_logits` (``mr`` by default). The sidecar maps each global
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lpldstore.errors import InteropError
+from lpldstore.format.plan import LastBatch
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -39,7 +40,6 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.interop.sre2l import _check_problems, reader
-from lpldstore.plan import LastBatch
 
 __all__ = ["SIDECAR", "scan"]
 
@@ -55,7 +55,9 @@ def _parse(
         got = f"{len(items)} items" if isinstance(items, list | tuple) else type(items).__name__
         raise RecordProblem(f"expected LPQLD's 6 or 7 items, got {got} (unknown record layout)")
     if len(items) == 7 and as_numpy(items[2], "item 2").dtype.kind == "f":
-        raise RecordProblem("RandAugment parameters at item 2; format version 1 does not hold RandAugment")
+        raise RecordProblem(
+            "RandAugment parameters at item 2; the lpldstore format does not hold RandAugment"
+        )
     flips_arr = as_numpy(items[1], "flip")
     if flips_arr.shape[:1] != (n,):
         raise RecordProblem(

@@ -53,17 +53,7 @@ def _labelled_store(path: Path, teacher: Teacher, images: np.ndarray, stored_ima
             x = apply_params(torch.from_numpy(images[idx]), params, relabel, mean=(0, 0, 0), std=(1, 1, 1))
             with torch.no_grad():
                 logits = teacher(x).float().numpy()
-            arrays = params.to_arrays()
-            writer.write(
-                epoch,
-                batch,
-                logits=logits,
-                crops=arrays["crop"],
-                flips=arrays["flip"],
-                mix_index=arrays["mix_index"],
-                mix_lam=params.mix_lam,
-                mix_box=arrays["mix_box"],
-            )
+            writer.write(epoch, batch, logits=logits, params=params)
 
 
 @pytest.fixture(scope="module")

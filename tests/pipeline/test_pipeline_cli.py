@@ -77,14 +77,11 @@ def test_ctrl_c_is_one_line_and_130(
         (lpld_pipeline.DataError("no images"), "error: no images"),
         (
             PermissionError(13, "Permission denied", "/ro/out"),
-            "error: [Errno 13] Permission denied: '/ro/out'",
+            "error: Permission denied: /ro/out",
         ),
         (
             ModuleNotFoundError("No module named 'torchvision'", name="torchvision"),
-            (
-                "error: this command needs torchvision, which is not installed; install the pipeline's "
-                "dependencies with `pip install 'lpldstore[pipeline]'`"
-            ),
+            "error: this command needs torchvision, which is not installed: pip install 'lpldstore[pipeline]'",
         ),
         (
             lpldstore.MissingDependencyError("install it with `pip install pyyaml`"),

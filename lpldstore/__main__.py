@@ -1,0 +1,7 @@
+"""``python -m lpldstore``: the ``lpldstore`` command."""
+
+import sys
+
+from lpldstore.cli import main
+
+sys.exit(main())

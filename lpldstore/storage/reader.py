@@ -1,0 +1,361 @@
+"""Reading a store: its metadata, its images, and its label entries by key or position.
+
+Nothing here imports torch. An entry comes back as its image indices, its augmentation record
+(:class:`~lpldstore.format.params.AugmentParams`, the same object that relabel drew and that
+``lpldstore.augment.apply_params`` replays) and its decoded logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+from zarr.abc.store import Store
+
+from lpldstore.errors import EntryError, StoreDamagedError
+from lpldstore.format.arrays import record_fields
+from lpldstore.format.entries import params_of, record_problems
+from lpldstore.format.fidelity import Fidelity, summarize
+from lpldstore.format.params import AugmentParams
+from lpldstore.format.plan import PruningPlan
+from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig
+from lpldstore.format.schema import StoreAttrs
+from lpldstore.storage import _guard
+from lpldstore.storage._arrays import check_arrays
+from lpldstore.storage._open import StoreLike, is_url, open_root, open_zarr_store
+
+__all__ = ["Entry", "EntryMetadata", "LabelStore", "open_store"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Entry:
+    """One stored batch: its composition, its augmentation parameters and its logits.
+
+    ``indices`` and ``logits`` hold the ``n`` real images of the batch (padding removed);
+    ``params`` is the batch's augmentation record. ``crops``, ``flips``, ``mix_index``,
+    ``mix_lam`` and ``mix_box`` are views of ``params`` (int64 arrays, as before format 3).
+    """
+
+    epoch: int
+    batch: int
+    position: int
+    indices: npt.NDArray[np.int64]
+    params: AugmentParams
+    logits: npt.NDArray[np.floating[Any]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def crops(self) -> npt.NDArray[np.int64]:
+        """(n, 4) (top, left, height, width) in source pixels."""
+        return self.params.crops.astype(np.int64)
+
+    @property
+    def flips(self) -> npt.NDArray[np.bool_]:
+        return self.params.flips
+
+    @property
+    def mix_index(self) -> npt.NDArray[np.int64]:
+        """Each slot's CutMix partner slot."""
+        return self.params.mix_index
+
+    @property
+    def mix_lam(self) -> float:
+        return self.params.mix_lam
+
+    @property
+    def mix_box(self) -> npt.NDArray[np.int64]:
+        """(top, left, bottom, right) in output pixels."""
+        return np.asarray(self.params.mix_box, dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class EntryMetadata:
+    """The small arrays of many entries, padded to the batch size (index -1 marks padding).
+
+    ``records`` maps each record array (``indices`` and the augmentation arrays of
+    ``lpldstore.format.arrays``) to its rows, one per position; ``indices``, ``crops``,
+    ``flips``, ``mix_index``, ``mix_lam`` and ``mix_box`` are views of it.
+    """
+
+    positions: npt.NDArray[np.int64]
+    keys: npt.NDArray[np.int64]
+    committed: npt.NDArray[np.bool_]
+    records: Mapping[str, npt.NDArray[Any]]
+
+    def row(self, i: int) -> dict[str, npt.NDArray[Any]]:
+        """Row ``i``'s padded record arrays, by name."""
+        return {name: values[i] for name, values in self.records.items()}
+
+    @property
+    def indices(self) -> npt.NDArray[np.int64]:
+        return self.records["indices"].astype(np.int64)
+
+    @property
+    def crops(self) -> npt.NDArray[np.int64]:
+        return self.records["crop"].astype(np.int64)
+
+    @property
+    def flips(self) -> npt.NDArray[np.bool_]:
+        return self.records["flip"].astype(bool)
+
+    @property
+    def mix_index(self) -> npt.NDArray[np.int64]:
+        return self.records["mix_index"].astype(np.int64)
+
+    @property
+    def mix_lam(self) -> npt.NDArray[np.float32]:
+        return self.records["mix_lam"].astype(np.float32)
+
+    @property
+    def mix_box(self) -> npt.NDArray[np.int64]:
+        return self.records["mix_box"].astype(np.int64)
+
+
+def _damaged(where: str, what: str, exc: Exception) -> StoreDamagedError:
+    return StoreDamagedError(
+        f"{where}: {what} could not be read ({exc}). The stored bytes are damaged or missing; "
+        "run `lpldstore verify` for a full report."
+    )
+
+
+class LabelStore:
+    """A read-only view of a store. Use :func:`open_store` to get one; close it when done."""
+
+    def __init__(self, store: Store, where: str) -> None:
+        self._store = store
+        self.where = where
+        _guard.check_store_metadata(store, where)  # codecs and dtypes allow-listed before zarr parses them
+        root = open_root(store, where)
+        self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
+        self._arrays = check_arrays(root, self.attrs, where)
+        self._codec = self.attrs.logits_codec
+        self._record_fields = record_fields(self.attrs)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        return self.attrs.dataset
+
+    @property
+    def plan(self) -> PruningPlan:
+        return self.attrs.plan
+
+    @property
+    def relabel(self) -> RelabelConfig:
+        return self.attrs.relabel
+
+    @property
+    def codec(self) -> CodecConfig:
+        return self.attrs.codec
+
+    @property
+    def layout(self) -> Layout:
+        return self.attrs.layout
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.attrs.provenance
+
+    @property
+    def num_entries(self) -> int:
+        return self.plan.num_kept
+
+    @property
+    def keys(self) -> npt.NDArray[np.int64]:
+        """(num_entries, 2) (epoch, batch) of every kept entry, in store order."""
+        return self.plan.kept_keys
+
+    @property
+    def zarr_store(self) -> Store:
+        return self._store
+
+    def array(self, path: str) -> zarr.Array:
+        """The underlying zarr array at ``path`` (``pool/logits``, ``images/pixels`` ...)."""
+        return self._arrays[path]
+
+    def position(self, epoch: int, batch: int) -> int:
+        return self.plan.position(epoch, batch)
+
+    def committed(self) -> npt.NDArray[np.bool_]:
+        """Which entries are committed (re-read on every call: writers may be at work)."""
+        try:
+            return np.asarray(self._arrays["pool/committed"][:], dtype=bool)
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, "the commit flags", exc) from exc
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.committed().all())
+
+    # -- images --------------------------------------------------------------------------------
+
+    def images(self) -> npt.NDArray[np.uint8]:
+        """All images, uint8 (N, H, W, 3)."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/pixels"], "the images")
+        try:
+            return np.asarray(self._arrays["images/pixels"][:])
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, "the images", exc) from exc
+
+    def labels(self) -> npt.NDArray[np.int64]:
+        """The hard class label of every image."""
+        _guard.check_all_chunks_present(self.where, self._arrays["images/labels"], "the image labels")
+        try:
+            return np.asarray(self._arrays["images/labels"][:], dtype=np.int64)
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, "the image labels", exc) from exc
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def entry(self, epoch: int, batch: int) -> Entry:
+        """The committed entry (epoch, batch); :class:`EntryError` if pruned or not committed."""
+        return self.entry_at(self.position(epoch, batch))
+
+    def entry_at(self, position: int) -> Entry:
+        """The committed entry at a position of the store (0 <= position < num_entries)."""
+        epoch, batch = self.plan.key_at(position)
+        meta = self.metadata([position])
+        if not meta.committed[0]:
+            raise EntryError(
+                f"{self.where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not finished it."
+            )
+        return self.entry_from(meta.row(0), position, self.logits_at(position))
+
+    def entry_from(
+        self, row: Mapping[str, npt.NDArray[Any]], position: int, logits: npt.NDArray[np.floating[Any]]
+    ) -> Entry:
+        """The entry at ``position`` from its padded record row (``EntryMetadata.row``) and logits.
+
+        Raises :class:`StoreDamagedError` if the record shows a missing or damaged chunk; the pool
+        loader assembles its steps with it, so a damaged entry fails as it does in :meth:`entry_at`.
+        """
+        epoch, batch = self.plan.key_at(position)
+        problems = record_problems(self.attrs, epoch, batch, row, check_composition=False)
+        if problems:
+            path, message = problems[0]
+            raise StoreDamagedError(
+                f"{self.where}: entry (epoch={epoch}, batch={batch}): {path}: {message}. "
+                "Run `lpldstore verify` for a full report."
+            )
+        n = self.plan.batch_length(batch)
+        return Entry(
+            epoch=epoch,
+            batch=batch,
+            position=position,
+            indices=np.asarray(row["indices"][:n], dtype=np.int64),
+            params=params_of(row, n, self.attrs),
+            logits=logits[:n],
+        )
+
+    def logits_at(self, position: int) -> npt.NDArray[np.floating[Any]]:
+        """The decoded logits of one entry, (batch_size, num_classes), padding included.
+
+        float16 for the ``float16`` codec (exactly as stored), float32 for the lossy codecs.
+        """
+        epoch, batch = self.plan.key_at(position)
+        n = self.plan.batch_length(batch)
+        try:
+            logits = self._codec.decode(np.asarray(self._arrays["pool/logits"][position]))
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
+        # A missing chunk reads as the NaN fill value: real logits are always finite.
+        if not np.isfinite(logits[:n]).all():
+            raise StoreDamagedError(
+                f"{self.where}: the logits of entry (epoch={epoch}, batch={batch}) are missing or hold "
+                "non-finite values. Run `lpldstore verify` for a full report."
+            )
+        return logits
+
+    def metadata(
+        self, positions: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
+    ) -> EntryMetadata:
+        """The small arrays of the entries at ``positions`` (all when None), one read per array."""
+        if positions is None:
+            pos = np.arange(self.num_entries, dtype=np.int64)
+        else:
+            pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+            if pos.size and (pos.min() < 0 or pos.max() >= self.num_entries):
+                raise EntryError(
+                    f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}."
+                )
+        read: dict[str, npt.NDArray[Any]] = {}
+        # Flags first: data is written before its flag, so data read after a set flag is complete.
+        for name in ("committed", *self._record_fields):
+            array = self._arrays[f"pool/{name}"]
+            try:
+                # One orthogonal read per array: zarr fetches the needed chunks concurrently.
+                read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
+            except _guard.READ_ERRORS as exc:
+                raise _damaged(
+                    self.where, f"pool/{name} of {_guard.describe(self.plan.kept_keys[pos])}", exc
+                ) from exc
+        committed = read.pop("committed").astype(bool)
+        keys = self.plan.kept_keys[pos]
+        for name in self._record_fields:
+            declared = self.attrs.arrays[f"pool/{name}"].decl
+            if declared.fill_is_data:  # a missing chunk would read as valid data: look for the file
+                _guard.check_chunks_present(self.where, self._arrays[declared.path], pos, committed, keys)
+        return EntryMetadata(positions=pos, keys=keys, committed=committed, records=read)
+
+    def fidelity(self) -> Fidelity | None:
+        """Fidelity of the codec measured by the writer on the committed entries (None: not measured).
+
+        Version-1 stores and stores derived without re-measuring hold no measurement.
+        """
+        if "pool/fidelity" not in self._arrays:
+            return None
+        array, committed = self._arrays["pool/fidelity"], self.committed()
+        try:
+            sums = np.asarray(array[:], dtype=np.float64)
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, "pool/fidelity", exc) from exc
+        # A lost chunk reads as NaN, which otherwise means "not measured": tell the two apart.
+        block = self.layout.block_entries
+        for number in np.unique(np.flatnonzero(committed) // block).tolist():
+            if _guard.missing_block_chunks(array, number):
+                raise StoreDamagedError(
+                    f"{self.where}: the chunk of pool/fidelity for entries {number * block}.. is missing; "
+                    "run `lpldstore verify`."
+                )
+        return summarize(sums[committed], self.codec.temperature)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        p = self.plan
+        return (
+            f"LabelStore({self.where!r}, {self.dataset.num_images} images, {self.dataset.num_classes} classes, "
+            f"{p.num_kept}/{p.total_entries} entries, {p.strategy} x{p.ratio:g})"
+        )
+
+
+def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:
+    """Open a store for reading: a store directory, a ``.zip`` of one, or an fsspec URL.
+
+    Raises :class:`NotAStoreError` for anything that is not an lpldstore store and
+    :class:`UnsupportedVersionError` for a store of a newer format version.
+    """
+    where = str(source) if is_url(source) else str(Path(source))
+    store = open_zarr_store(source, read_only=True, storage_options=storage_options)
+    try:
+        return LabelStore(store, where)
+    except BaseException:
+        store.close()
+        raise

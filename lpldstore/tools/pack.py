@@ -1,0 +1,174 @@
+"""One-file artifacts: ``pack`` a store into a zip with its SHA-256 beside it, ``unpack`` it back.
+
+The zip is laid out for reading entry by entry, locally or over HTTP Range requests:
+
+- every member ``ZIP_STORED``: chunks are compressed already, and a stored member is read by one
+  ranged read, where a deflated one would have to be inflated from its start;
+- the store root is the zip root, the root ``zarr.json`` (attributes and consolidated metadata:
+  opening the store is one read) first, then the other metadata, then the chunks in path order,
+  so the pool's small arrays sit together and each entry's logits are one member;
+- ``OUT.zip.sha256`` holds ``<hex digest>  <zip name>`` (the ``sha256sum`` format), checked by
+  ``lpldstore verify`` and by ``unpack``.
+
+Both commands write under a temporary name and rename at the end: an interrupted pack or unpack
+leaves no zip (or directory) at the target, only a hidden ``.*.partial-*`` file to delete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from lpldstore.errors import ArtifactError, StoreExistsError
+from lpldstore.storage.reader import open_store
+
+__all__ = ["checksum_path", "check_zip_checksum", "pack_store", "sha256_file", "unpack_store"]
+
+_BLOCK = 1 << 20
+
+
+def checksum_path(zip_path: str | os.PathLike[str]) -> Path:
+    """Where the SHA-256 of a packed store lives: ``<zip>.sha256``."""
+    path = Path(zip_path)
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _members(root: Path) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+
+    def order(p: Path) -> tuple[int, str]:
+        rel = p.relative_to(root).as_posix()
+        rank = 0 if rel == "zarr.json" else 1 if p.name == "zarr.json" else 2
+        return rank, rel
+
+    return sorted(files, key=order)
+
+
+def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> str:
+    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest.
+
+    ``progress`` shows a bar of the files packed on stderr.
+    """
+    root, target = Path(store), Path(out)
+    if target.suffix != ".zip":
+        raise ArtifactError(f"Expected an output name ending in .zip. Got {target.name!r} instead.")
+    # A checksum without its zip is what a pack killed between its two renames leaves; it
+    # describes nothing, so it is replaced rather than blocking the re-run.
+    if target.exists():
+        raise StoreExistsError(f"{target} already exists. Choose another output name or remove it.")
+    if not root.is_dir():
+        raise ArtifactError(
+            f"Expected a store directory to pack at {root}. Got {'a file' if root.exists() else 'nothing'}."
+        )
+    with open_store(root) as opened:  # refuses anything that is not a store
+        if not opened.is_complete:
+            left = int((~opened.committed()).sum())
+            raise ArtifactError(
+                f"{root} has {left} uncommitted entries; a zip is read-only, so it could never be finished. "
+                "Finish the store (StoreWriter.open(...).todo()) before packing it."
+            )
+    tag = uuid.uuid4().hex[:8]
+    partial = target.with_name(f".{target.name}.partial-{tag}")
+    partial_sum = target.with_name(f".{target.name}.sha256.partial-{tag}")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for path in tqdm(_members(root), desc="pack", unit="file", disable=not progress):
+                zf.write(path, path.relative_to(root).as_posix())
+        digest = sha256_file(partial)
+        partial_sum.write_text(f"{digest}  {target.name}\n")
+        os.replace(partial_sum, checksum_path(target))
+        # The zip appears last: a zip at `out` always has its checksum beside it.
+        os.replace(partial, target)
+    except BaseException:
+        for path in (partial, partial_sum):
+            path.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def check_zip_checksum(zip_path: str | os.PathLike[str]) -> str | None:
+    """None if ``zip_path`` matches the digest in its ``.sha256`` file, else what is wrong."""
+    sums = checksum_path(zip_path)
+    if not sums.is_file():
+        return f"no checksum file {sums.name} beside the zip (pack writes one)"
+    fields = sums.read_text().split()
+    if not fields or len(fields[0]) != 64:
+        return f"{sums.name} does not hold a SHA-256 digest"
+    got = sha256_file(zip_path)
+    if got != fields[0].lower():
+        return f"SHA-256 of the zip is {got}, but {sums.name} says {fields[0]}: the file is damaged or was changed"
+    return None
+
+
+def _safe_name(name: str) -> bool:
+    path = PurePosixPath(name)
+    return (
+        bool(name)
+        and not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in name
+        and ":" not in name
+    )
+
+
+def unpack_store(
+    zip_path: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False
+) -> int:
+    """Unpack a packed store into the new directory ``out``; returns the number of files.
+
+    Refuses members with absolute paths, ``..``, backslashes or drive letters, and links; checks
+    the ``.sha256`` beside the zip when there is one.
+    """
+    source, target = Path(zip_path), Path(out)
+    if target.exists():
+        raise StoreExistsError(f"{target} already exists. Choose another directory or remove it.")
+    if not source.is_file():
+        raise ArtifactError(f"Expected a packed store (.zip) at {source}. Got nothing there.")
+    if checksum_path(source).is_file() and (problem := check_zip_checksum(source)):
+        raise ArtifactError(f"{source}: {problem}. Nothing was unpacked.")
+    try:
+        zf = zipfile.ZipFile(source)
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(f"{source}: expected a zip file ({exc}).") from exc
+    with zf:
+        infos = zf.infolist()
+        unsafe = [
+            i.filename
+            for i in infos
+            if not _safe_name(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000
+        ]
+        if unsafe:
+            raise ArtifactError(
+                f"{source}: refusing to unpack members that would land outside the target or are links: "
+                f"{unsafe[:5]}. Nothing was unpacked."
+            )
+        partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            for info in tqdm(infos, desc="unpack", unit="file", disable=not progress):
+                if info.is_dir():
+                    continue
+                dest = partial / info.filename
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst, _BLOCK)
+            with open_store(partial):  # a zip of something that is not a store is refused
+                pass
+            os.rename(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return sum(1 for i in infos if not i.is_dir())
