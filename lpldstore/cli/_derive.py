@@ -1,4 +1,4 @@
-"""``lpldstore prune | recode``: derive a smaller store from an existing one, without the teacher."""
+"""``lpldstore prune | recode | upgrade``: derive a store from an existing one, without the teacher."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def _cmd_recode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from lpldstore.storage.reader import open_store
+    from lpldstore.tools.derive import upgrade
+
+    path = upgrade(args.store, args.out)
+    with open_store(path) as store:
+        print(
+            f"{path}: format version {store.attrs.format_version}, {store.num_entries} entries; {store.binding}"
+        )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Register ``prune`` and ``recode`` on the ``lpldstore`` parser's subcommands."""
     p = sub.add_parser("prune", help="derive a store keeping fewer entries (by ratio or byte budget)")
@@ -55,3 +67,9 @@ def register(sub: Any) -> None:
     )
     r.add_argument("--temperature", type=float, help="fidelity temperature (default: 20)")
     r.set_defaults(run=_cmd_recode)
+    u = sub.add_parser(
+        "upgrade", help="rewrite a format version 1 or 2 store as version 3 (digests), after verifying it"
+    )
+    u.add_argument("store", help="the store directory to upgrade (left as it is)")
+    u.add_argument("out", help="where to write the version-3 store (must not exist)")
+    u.set_defaults(run=_cmd_upgrade)

@@ -37,8 +37,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         for problem in report.problems:
             print(problem)
-        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        if report.unlisted:
+            print(f"... and {report.unlisted} more problem(s) not listed")
+        verdict = "OK" if report.ok else f"{len(report.problems) + report.unlisted} problem(s)"
         print(f"{report.source}: {report.committed}/{report.entries} entries committed; {verdict}")
+        if report.binding:
+            print(f"binding: {report.binding}")
+        if report.fingerprint:
+            print(f"fingerprint: {report.fingerprint}")
     return 0 if report.ok else 1
 
 

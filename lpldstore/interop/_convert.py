@@ -147,7 +147,7 @@ def _record_provenance(
     # names the source and keeps the exact lambdas.
     import zarr
 
-    from lpldstore.storage._open import consolidate
+    from lpldstore.storage.writer import update_provenance
 
     root = zarr.open_group(str(staging), mode="r+", zarr_format=3)
     provenance: dict[str, Any] = dict(root.attrs["provenance"])  # type: ignore[arg-type]
@@ -163,8 +163,7 @@ def _record_provenance(
     if np.isfinite(lams).any():
         record[_LAMS_KEY] = base64.b64encode(lams.tobytes()).decode("ascii")
     provenance["config"] = {**dict(provenance.get("config") or {}), "import": record}
-    root.attrs["provenance"] = provenance
-    consolidate(zarr.storage.LocalStore(staging))
+    update_provenance(staging, provenance)  # keeps a version-3 store's record digests in step
 
 
 def exact_lambdas(store: LabelStore) -> dict[int, float]:
