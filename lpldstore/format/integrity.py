@@ -6,9 +6,11 @@ A CRC-32C proves that a chunk is intact, not that it belongs where it lies. Vers
   ``plan``, ``relabel``, ``codec``, ``layout``, ``provenance``), the SHA-256 of its canonical JSON
   (:func:`canonical_json`), and a random ``store_id`` drawn when the store is created.
 - **The store's identity**, :func:`store_identity`: SHA-256 over the store id and the digests of
-  the records that give the entries their meaning (all but ``provenance``, which an importer
-  completes after the entries are written and which is checked by its own digest). An edited
-  record, or a chunk from another store, fails.
+  the records that give the entries their meaning (``dataset``, ``plan``, ``relabel``, ``codec``).
+  ``layout`` (how the pool is cut into files) and ``provenance`` (which an importer completes
+  after the entries are written) are checked by their own digests only, so a store cut into
+  files differently keeps its entry digests. An edited record, or a chunk from another store,
+  fails.
 - **Entry digests**, stored in ``pool/digest`` (E, 2, 32) through the array declaration:
   ``[0]`` binds the stored logits row to (identity, epoch, batch) (:func:`logits_digest`);
   ``[1]`` binds every other per-entry array of the entry and the logits digest
@@ -18,8 +20,8 @@ A CRC-32C proves that a chunk is intact, not that it belongs where it lies. Vers
 What is hashed is the array *values* as stored (after zarr has removed compression and
 checksums), in C order and little-endian, padding slots included, each prefixed by the array's
 name, dtype and shape; NaNs are hashed as one canonical NaN. So the digests do not depend on
-compression, chunking or sharding (a re-chunked but identical store verifies), and the writer
-hashes what it is about to write without reading anything back.
+compression, chunking or sharding (the same entries cut into other files verify with the same
+digests), and the writer hashes what it is about to write without reading anything back.
 
 SHA-256 was chosen by measurement (``benchmarks/digest_cost.py``): with the SHA extensions of
 current x86 and ARM CPUs hashlib's SHA-256 runs at about 1.4 GB/s against 0.5 GB/s for BLAKE2b
@@ -62,7 +64,7 @@ DIGEST_BYTES = 32
 #: The root records that carry a digest.
 RECORDS: tuple[str, ...] = ("dataset", "plan", "relabel", "codec", "layout", "provenance")
 #: The records hashed into the store's identity, in this order: what an entry means.
-IDENTITY_RECORDS: tuple[str, ...] = ("dataset", "plan", "relabel", "codec", "layout")
+IDENTITY_RECORDS: tuple[str, ...] = ("dataset", "plan", "relabel", "codec")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")

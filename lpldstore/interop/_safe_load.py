@@ -61,7 +61,7 @@ ALLOWED_NUMPY_GLOBALS: tuple[Any, ...] = (
 #: Containers and values visited when walking a loaded object (paths, not distinct objects: a
 #: list referenced twice is visited twice). The largest peer file, a HALD epoch of ImageNet-1K
 #: (10,000 batches of 6 items), is about 70,000.
-MAX_NODES = 2_000_000
+MAX_NODES = 1_000_000
 MAX_DEPTH = 64
 # Tensors and arrays may hold, all together, at most this many bytes beyond 4x the file's size
 # (views of one storage count once per view).

@@ -111,14 +111,19 @@ class LocalFiles(LocalStore):
             for part in parts[:-1]:
                 try:
                     nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except (FileNotFoundError, NotADirectoryError):
+                except FileNotFoundError:
                     return None
                 except OSError as exc:
-                    if exc.errno == errno.ELOOP:
+                    # A link opened with O_DIRECTORY | O_NOFOLLOW fails with ENOTDIR or ELOOP.
+                    if exc.errno == errno.ELOOP or (
+                        exc.errno == errno.ENOTDIR and stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
+                    ):
                         raise StoreDamagedError(
                             f"{where}: '{part}' on the way is a symbolic link; a store holds only its own "
                             "regular files and directories, so nothing behind it is read."
                         ) from None
+                    if exc.errno == errno.ENOTDIR:
+                        return None
                     raise
                 os.close(fd)
                 fd = nxt

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import zarr
 from zarr.abc.store import Store
 
-from lpldstore.errors import EntryError, StoreDamagedError
+from lpldstore.errors import EntryError, FormatError, StoreDamagedError
 from lpldstore.format.arrays import row_fields
 from lpldstore.format.entries import entry_digest_problem, logits_digest_problem, params_of, record_problems
 from lpldstore.format.fidelity import Fidelity, summarize
@@ -440,16 +440,28 @@ class LabelStore:
         )
 
 
-def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:
+def open_store(
+    source: StoreLike, *, storage_options: Mapping[str, Any] | None = None, require_bound: bool = False
+) -> LabelStore:
     """Open a store for reading: a store directory, a ``.zip`` of one, or an fsspec URL.
 
     Raises :class:`NotAStoreError` for anything that is not an lpldstore store and
-    :class:`UnsupportedVersionError` for a store of a newer format version.
+    :class:`UnsupportedVersionError` for a store of a newer format version. Stores of format
+    versions 1 and 2 carry no digests (:attr:`LabelStore.binding` says so); with
+    ``require_bound=True`` they are refused, so that a version-3 store stripped of its digests
+    cannot pass for an older one.
     """
     where = str(source) if is_url(source) else str(Path(source))
     store = open_zarr_store(source, read_only=True, storage_options=storage_options)
     try:
-        return LabelStore(store, where)
+        opened = LabelStore(store, where)
     except BaseException:
         store.close()
         raise
+    if require_bound and not opened.bound:
+        opened.close()
+        raise FormatError(
+            f"{where} is format version {opened.attrs.format_version}, which carries no digests, and a bound store "
+            "was required. Upgrade it from a trusted copy (`lpldstore upgrade`) or drop the requirement."
+        )
+    return opened

@@ -71,11 +71,16 @@ def _members(store: LabelStore, root: Path) -> list[str]:
                 if bounded.allowed(key):  # type: ignore[attr-defined]
                     chunks.append(key)
     for key in [*keys, *chunks]:
-        mode = os.lstat(root / key).st_mode
-        if not stat.S_ISREG(mode):
+        info = os.lstat(root / key)
+        if not stat.S_ISREG(info.st_mode):
             raise ArtifactError(
-                f"{root}: '{key}' is {'a symbolic link' if stat.S_ISLNK(mode) else 'not a regular file'}; a store "
-                "holds only its own regular files. Nothing was packed; replace it with the real file."
+                f"{root}: '{key}' is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a regular file'}; a "
+                "store holds only its own regular files. Nothing was packed; replace it with the real file."
+            )
+        if info.st_size > bounded.limit(key):  # type: ignore[attr-defined]
+            raise ArtifactError(
+                f"{root}: '{key}' holds {info.st_size:,} bytes, more than its declared chunk shape allows "
+                f"({bounded.limit(key):,}); the store is damaged. Nothing was packed."  # type: ignore[attr-defined]
             )
     return [*keys, *sorted(chunks)]
 
@@ -171,6 +176,7 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
         raise ArtifactError(f"Expected a packed store (.zip) at {source}. Got nothing there.")
     if checksum_path(source).is_file() and (problem := check_zip_checksum(source)):
         raise ArtifactError(f"{source}: {problem}. Nothing was unpacked.")
+
     try:
         zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile as exc:
@@ -192,6 +198,9 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
             check_zip_infos(infos, str(source), source.stat().st_size)
         except FormatError as exc:
             raise ArtifactError(f"{exc} Nothing was unpacked.") from None
+        # The zip as a store: every member declared by the store's own metadata and within its
+        # chunk bounds (a stray or oversized member is refused before anything is written).
+        open_store(source).close()
         partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
             for info in infos:

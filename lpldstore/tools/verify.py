@@ -111,10 +111,15 @@ class _Problems(list[Problem]):
             self.append(p)
 
 
-def verify_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> VerifyReport:
-    """Read every chunk of a store and check it; never raises for damage, reports it."""
+def verify_store(
+    source: StoreLike, *, storage_options: Mapping[str, Any] | None = None, require_bound: bool = False
+) -> VerifyReport:
+    """Read every chunk of a store and check it; never raises for damage, reports it.
+
+    ``require_bound``: a store without digests (format version 1 or 2) is a problem.
+    """
     try:
-        store = open_store(source, storage_options=storage_options)
+        store = open_store(source, storage_options=storage_options, require_bound=require_bound)
     except RecordsChangedError as exc:
         # Name each record that changed (format version 3 digests every root record).
         changed = tuple(
