@@ -2,7 +2,8 @@
 
 fsspec's HTTP file system reads every response whole and aiohttp waits forever by default, so a
 stalled or hostile server could hang a reader or send gigabytes for a 2 KB chunk. Every session
-lpldstore opens gets connect and read timeouts (:data:`CONNECT_TIMEOUT_S`, :data:`READ_TIMEOUT_S`;
+lpldstore opens gets connect, read and whole-request timeouts (:data:`CONNECT_TIMEOUT_S`,
+:data:`READ_TIMEOUT_S`, :data:`TOTAL_TIMEOUT_S`;
 ``storage_options={"client_kwargs": {"timeout": aiohttp.ClientTimeout(...)}}`` overrides them)
 and a response class that refuses a body larger than the bound of the key being read
 (``lpldstore.storage._safe.read_limit``), or :data:`MIN_RESPONSE_CAP` when that is larger (a zip
@@ -19,10 +20,19 @@ import aiohttp
 from lpldstore.errors import StoreDamagedError
 from lpldstore.storage._safe import read_limit
 
-__all__ = ["CONNECT_TIMEOUT_S", "MIN_RESPONSE_CAP", "READ_TIMEOUT_S", "CappedResponse", "http_options"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "MIN_RESPONSE_CAP",
+    "READ_TIMEOUT_S",
+    "TOTAL_TIMEOUT_S",
+    "CappedResponse",
+    "http_options",
+]
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
+# A whole request (a server that sends a byte every 29 s never trips the read timeout).
+TOTAL_TIMEOUT_S = 600.0
 MIN_RESPONSE_CAP = 16 << 20
 
 
@@ -54,7 +64,10 @@ class CappedResponse(aiohttp.ClientResponse):
 
 async def _capped_client(**kwargs: Any) -> aiohttp.ClientSession:
     kwargs.setdefault(
-        "timeout", aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)
+        "timeout",
+        aiohttp.ClientTimeout(
+            total=TOTAL_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+        ),
     )
     kwargs["response_class"] = CappedResponse
     return aiohttp.ClientSession(**kwargs)
