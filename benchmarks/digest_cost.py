@@ -5,11 +5,16 @@
 
 *With* is lpldstore as it is. *Without* is the same code on the same store with the digest work
 taken out: the writer's ``digest_row`` returns zeros instead of hashing, and the reader's three
-checks (logits digest, entry digest, images against ``dataset.images_sha256``) are skipped. The
-``pool/digest`` array is still written and read in both (one small chunk per block of entries),
-so the difference is the hashing and checking; the array's bytes are reported beside it. The two
-variants run interleaved, repetition by repetition, and the medians are reported, so that load
-from other processes on a shared machine hits both alike.
+checks (logits digest, entry digest, images against ``dataset.images_sha256``) and verify's two
+are skipped. The ``pool/digest`` array is still written and read in both (one small chunk per
+block of entries), so the difference is the hashing and checking; the array's bytes are reported
+beside it. The two variants run interleaved, repetition by repetition, and the medians are
+reported. Everything runs in the main process (loader ``num_workers=0``, torch on one thread, so
+that CPU time is not inflated by threads spinning while they wait), so besides wall-clock rates
+the script reports CPU seconds per entry and per step (``time.process_time``), which load from
+other processes on a shared machine disturbs far less; the cost percentages are computed from CPU
+time. One untimed epoch of each variant runs first (warm-up). It also times the digest code alone on one entry (``digest_row``; the two checks), for a
+direct figure that needs no subtraction.
 
 The hash was chosen by measurement too: the script times SHA-256, BLAKE2b and BLAKE2s from hashlib
 on one logits row of the shape asked for. Results: ``benchmarks/results/digest_cost.json``.
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lpldstore import (
     DatasetInfo,
@@ -92,37 +98,59 @@ def _workload(args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[int,
     return create, entries
 
 
-def time_writer(path: Path, create: dict[str, Any], entries: list[Any]) -> float:
-    """Entries per second of ``write`` (commits included), the store created beforehand."""
+def time_writer(path: Path, create: dict[str, Any], entries: list[Any]) -> tuple[float, float]:
+    """(entries per second of ``write``, commits included; CPU seconds per entry), store created beforehand."""
     shutil.rmtree(path, ignore_errors=True)
     StoreWriter.create(path, **create).close()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with StoreWriter.open(path) as writer:
         for epoch, batch, logits, params in entries:
             writer.write(epoch, batch, logits=logits, params=params)
-    return len(entries) / (time.perf_counter() - start)
+    return len(entries) / (time.perf_counter() - start), (time.process_time() - cpu) / len(entries)
 
 
-def time_loader(path: Path, steps: int, workers: int) -> tuple[float, float]:
-    """(steps per second of one epoch, seconds of the first iteration's set-up: images read and hashed)."""
-    loader = PoolLoader(path, policy="ilp", seed=0, steps_per_epoch=steps, num_workers=workers)
+def time_loader(path: Path, steps: int) -> tuple[float, float, float]:
+    """(steps per second of one epoch; CPU seconds per step; wall seconds of the first step, images read and hashed)."""
+    loader = PoolLoader(path, policy="ilp", seed=0, steps_per_epoch=steps, num_workers=0)
     try:
         start = time.perf_counter()
         it = iter(loader)
         next(it)
         first = time.perf_counter() - start
-        start = time.perf_counter()
-        done = 1 + sum(1 for _ in it)
-        return (done - 1) / (time.perf_counter() - start), first
+        start, cpu = time.perf_counter(), time.process_time()
+        done = sum(1 for _ in it)
+        return done / (time.perf_counter() - start), (time.process_time() - cpu) / done, first
     finally:
         loader.close()
 
 
 def time_verify(path: Path) -> float:
-    start = time.perf_counter()
+    """CPU seconds of one verify."""
+    cpu = time.process_time()
     report = verify_store(path)
     assert report.ok, report.problems[:3]
-    return time.perf_counter() - start
+    return time.process_time() - cpu
+
+
+def time_digest_code(path: Path, rounds: int = 50) -> dict[str, float]:
+    """Milliseconds per entry of the digest code alone: computing an entry's digests, and checking them."""
+    from lpldstore.format.entries import digest_row, entry_digest_problem, logits_digest_problem
+
+    with open_store(path) as store:
+        meta = store.metadata([0])
+        row, (epoch, batch) = meta.row(0), store.keys[0].tolist()
+        raw = np.asarray(store.array("pool/logits")[0])
+        attrs = store.attrs
+        start = time.process_time()
+        for _ in range(rounds):
+            digest_row(attrs, epoch, batch, row, raw)
+        compute = (time.process_time() - start) / rounds
+        start = time.process_time()
+        for _ in range(rounds):
+            assert logits_digest_problem(attrs, epoch, batch, raw, row["digest"]) is None
+            assert entry_digest_problem(attrs, epoch, batch, row, row["digest"]) is None
+        check = (time.process_time() - start) / rounds
+    return {"compute_ms_per_entry": round(compute * 1e3, 3), "check_ms_per_entry": round(check * 1e3, 3)}
 
 
 def hash_speeds(row_bytes: int, rounds: int = 200) -> dict[str, float]:
@@ -144,15 +172,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--steps", type=int, default=40, help="loader steps per timed epoch")
-    parser.add_argument("--workers", type=int, default=0, help="loader workers (0: in the main process)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     create, entries = _workload(args)
-    results: dict[str, dict[str, list[float]]] = {
-        v: {"writer_entries_per_s": [], "loader_steps_per_s": [], "loader_first_step_s": [], "verify_s": []}
-        for v in ("with", "without")
-    }
+    fields = (
+        "writer_entries_per_s",
+        "writer_cpu_s_per_entry",
+        "loader_steps_per_s",
+        "loader_cpu_s_per_step",
+        "loader_first_step_s",
+        "verify_cpu_s",
+    )
+    results: dict[str, dict[str, list[float]]] = {v: {f: [] for f in fields} for v in ("with", "without")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         reference = root / "reference.zarr"
@@ -169,28 +202,37 @@ def main() -> None:
                 ctx = without_digests(images_sha) if variant == "without" else contextlib.nullcontext()
                 with ctx:
                     r = results[variant]
-                    r["writer_entries_per_s"].append(time_writer(root / f"w-{variant}.zarr", create, entries))
-                    steps, first = time_loader(reference, args.steps, args.workers)
+                    rate, cpu = time_writer(root / f"w-{variant}.zarr", create, entries)
+                    r["writer_entries_per_s"].append(rate)
+                    r["writer_cpu_s_per_entry"].append(cpu)
+                    steps, step_cpu, first = time_loader(reference, args.steps)
                     r["loader_steps_per_s"].append(steps)
+                    r["loader_cpu_s_per_step"].append(step_cpu)
                     r["loader_first_step_s"].append(first)
-                    r["verify_s"].append(time_verify(reference))
+                    r["verify_cpu_s"].append(time_verify(reference))
+            w, wo = results["with"], results["without"]
             print(
-                f"rep {rep}: writer {results['with']['writer_entries_per_s'][-1]:.1f} vs "
-                f"{results['without']['writer_entries_per_s'][-1]:.1f} entries/s, loader "
-                f"{results['with']['loader_steps_per_s'][-1]:.2f} vs {results['without']['loader_steps_per_s'][-1]:.2f} steps/s"
+                f"rep {rep}: writer {w['writer_cpu_s_per_entry'][-1] * 1e3:.1f} vs "
+                f"{wo['writer_cpu_s_per_entry'][-1] * 1e3:.1f} CPU ms/entry, loader "
+                f"{w['loader_cpu_s_per_step'][-1] * 1e3:.0f} vs {wo['loader_cpu_s_per_step'][-1] * 1e3:.0f} CPU ms/step",
+                flush=True,
             )
+        digest_code = time_digest_code(reference)
     med = {v: {k: statistics.median(x) for k, x in r.items()} for v, r in results.items()}
     summary = {
-        "writer_entries_per_s": {v: round(med[v]["writer_entries_per_s"], 1) for v in med},
+        "writer_cpu_ms_per_entry": {v: round(med[v]["writer_cpu_s_per_entry"] * 1e3, 2) for v in med},
         "writer_cost_percent": round(
-            100 * (1 - med["with"]["writer_entries_per_s"] / med["without"]["writer_entries_per_s"]), 1
+            100 * (med["with"]["writer_cpu_s_per_entry"] / med["without"]["writer_cpu_s_per_entry"] - 1), 1
         ),
-        "loader_steps_per_s": {v: round(med[v]["loader_steps_per_s"], 2) for v in med},
+        "writer_entries_per_s_wall": {v: round(med[v]["writer_entries_per_s"], 1) for v in med},
+        "loader_cpu_ms_per_step": {v: round(med[v]["loader_cpu_s_per_step"] * 1e3, 1) for v in med},
         "loader_cost_percent": round(
-            100 * (1 - med["with"]["loader_steps_per_s"] / med["without"]["loader_steps_per_s"]), 1
+            100 * (med["with"]["loader_cpu_s_per_step"] / med["without"]["loader_cpu_s_per_step"] - 1), 1
         ),
-        "loader_first_step_s": {v: round(med[v]["loader_first_step_s"], 3) for v in med},
-        "verify_s": {v: round(med[v]["verify_s"], 3) for v in med},
+        "loader_steps_per_s_wall": {v: round(med[v]["loader_steps_per_s"], 2) for v in med},
+        "loader_first_step_s_wall": {v: round(med[v]["loader_first_step_s"], 3) for v in med},
+        "verify_cpu_s": {v: round(med[v]["verify_cpu_s"], 3) for v in med},
+        "digest_code_alone": digest_code,
         "digest_array_bytes": digest_bytes,
         "store_bytes": total_bytes,
         "hash_gb_per_s_on_one_logits_row": hash_speeds(args.batch * args.classes * 2),

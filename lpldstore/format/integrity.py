@@ -136,20 +136,32 @@ def store_identity(integrity: Integrity) -> bytes:
     return h.digest()
 
 
-def _canonical_values(values: npt.NDArray[Any]) -> bytes:
-    arr = np.asarray(values)
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        # One NaN bit pattern: a missing chunk's fill and a written NaN must hash alike.
-        arr = np.where(np.isnan(arr), np.array(math.nan, dtype=arr.dtype), arr)
+# Exponent and mantissa masks of IEEE floats, by item size: NaN is "exponent all ones, mantissa
+# not zero". Testing the bits is an integer operation; np.isnan on float16 is ten times slower.
+_LITTLE = np.little_endian
+_NAN_MASKS = {2: (0x7C00, 0x03FF), 4: (0x7F800000, 0x007FFFFF), 8: (0x7FF0000000000000, 0x000FFFFFFFFFFFFF)}
+
+
+def _canonical_values(values: npt.NDArray[Any]) -> memoryview:
+    """The values as little-endian C-order bytes; bools as 0/1 bytes; every NaN as one canonical NaN."""
+    arr = np.ascontiguousarray(values)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not _LITTLE):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
     if arr.dtype.kind == "b":
-        arr = arr.astype(np.uint8)
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        arr = arr.view(np.uint8)
+    elif arr.dtype.kind == "f":
+        exponent, mantissa = _NAN_MASKS[arr.dtype.itemsize]
+        bits = arr.view(f"<u{arr.dtype.itemsize}")
+        nan = ((bits & exponent) == exponent) & ((bits & mantissa) != 0)
+        if nan.any():  # a missing chunk's fill and a written NaN must hash alike
+            arr = np.where(nan, np.array(math.nan, dtype=arr.dtype), arr)
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
 
 
 def _update(h: Any, name: str, values: npt.NDArray[Any]) -> None:
     arr = np.asarray(values)
-    header = f"{name}\0{arr.dtype.newbyteorder('<').str if arr.dtype.kind != 'b' else '|b1'}\0{arr.shape}\0"
-    h.update(header.encode("ascii"))
+    dtype = "|b1" if arr.dtype.kind == "b" else arr.dtype.newbyteorder("<").str
+    h.update(f"{name}\0{dtype}\0{arr.shape}\0".encode("ascii"))
     h.update(_canonical_values(arr))
 
 
