@@ -4,7 +4,7 @@ The package is layered (``docs/architecture.md``): ``format`` (what a store is),
 (reading and writing it with zarr), ``tools`` (whole-store commands), all without torch; then
 ``augment`` (replay kernels), ``loader`` (the pool loader) and ``interop`` (the peers' pickled
 layouts), which need torch. Every public name is exported here; the torch-facing ones
-(:func:`apply_params`, :class:`PoolLoader`, ...) are imported on first use, so opening, reading,
+(:func:`apply_params`, :class:`PoolLoader`, :class:`PoolDataset`, ...) are imported on first use, so opening, reading,
 verifying and packing a store never imports torch.
 """
 
@@ -52,7 +52,7 @@ from lpldstore.tools.verify import Problem, VerifyReport, verify_store
 
 if TYPE_CHECKING:
     from lpldstore.augment import apply_params
-    from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
+    from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolDataset, PoolLoader, epoch_schedule
 
 # The torch-facing names, by the module that defines them.
 _LAZY = {
@@ -60,6 +60,7 @@ _LAZY = {
     "LoaderConfig": "lpldstore.loader",
     "Policy": "lpldstore.loader",
     "PoolBatch": "lpldstore.loader",
+    "PoolDataset": "lpldstore.loader",
     "PoolLoader": "lpldstore.loader",
     "epoch_schedule": "lpldstore.loader",
 }
@@ -129,6 +130,7 @@ __all__ = [
     "LoaderConfig",
     "Policy",
     "PoolBatch",
+    "PoolDataset",
     "PoolLoader",
     "apply_params",
     "epoch_schedule",

@@ -1,7 +1,7 @@
 """HALD: ``<dir>/epoch_<e>.tar`` (a list over the epoch's batches) + ``sampler_indices_dict.pt``.
 
 Each batch record is ``[coords fp16, flip, mix_index, mix_lam, mix_bbox, probs fp16]`` with
-``probs = softmax(ensemble logits / T)`` (``reference/peer-formats.md`` §6); the sidecar holds
+``probs = softmax(ensemble logits / T)`` (``docs/reference/peer-formats.md`` §6); the sidecar holds
 each epoch's permutation ``{"<e>": randperm(N)}``, cut into consecutive batches. Probabilities
 are stored as logits T·log(p) (T = ``--temperature``, HALD's default 20), so that
 ``softmax(logits / T)`` gives back HALD's targets; zero probabilities become the fill logit.

@@ -1,6 +1,6 @@
 """LPQLD: flat ``<dir>/batch_<g>.tar`` (g counts batches across epochs) + ``sampler_indices_batch.json``.
 
-Records (``reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
+Records (``docs/reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
 mix_bbox (4 uint8 tensors), logits fp16]``, or with ``--label_quantization`` the tail
 ``topk_values, topk_ids`` (7 items). Top-k records are expanded to dense logits by the rule of
 :func:`~lpldstore.interop._common.topk_to_logits` (``mr`` by default). The sidecar maps each global

@@ -14,6 +14,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, ZipStore
 
 from lpldstore.errors import FormatError, LpldStoreError, NotAStoreError, StoreDamagedError
+from lpldstore.storage._backends import check_url_backend
 from lpldstore.storage._guard import READ_ERRORS, check_zip_infos, check_zip_members
 from lpldstore.storage._safe import BoundedStore, LocalFiles, describe_error
 
@@ -34,6 +35,7 @@ def open_zarr_store(
     """
     where = str(source)
     if is_url(source):
+        check_url_backend(str(source))  # a missing s3fs / huggingface_hub named, not a bare ImportError
         if not read_only:
             raise NotAStoreError(f"{source} is a URL; stores are written only in a local directory.")
         return BoundedStore(_remote_store(str(source), dict(storage_options or {})), where, remote=True)

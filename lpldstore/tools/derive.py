@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zarr
+from tqdm import tqdm
 from zarr.storage import LocalStore
 
 from lpldstore.errors import ConfigError, StoreDamagedError, StoreExistsError, ValidationError
@@ -40,6 +41,7 @@ from lpldstore.format.schema import FORMAT_VERSION, StoreAttrs
 from lpldstore.storage.reader import LabelStore, open_store
 from lpldstore.storage.writer import StoreWriter
 from lpldstore.tools.budget import parse_size, plan_for_budget
+from lpldstore.tools.identity import store_identity
 from lpldstore.tools.sizes import storage_bytes
 
 __all__ = ["derive_store", "parse_codec", "prune", "recode", "upgrade"]
@@ -61,12 +63,12 @@ def parse_codec(text: str, temperature: float | None = None) -> CodecConfig:
 
 
 def _lineage(parent: LabelStore, operation: str) -> tuple[dict[str, Any], ...]:
+    # The parent by name and digests (tools/identity.py), never by its local path.
     record = {
         "operation": operation,
-        "source": parent.where,
+        **store_identity(parent),
         "created_utc": parent.provenance.created_utc,
         "lpldstore_version": parent.provenance.lpldstore_version,
-        "format_version": parent.attrs.format_version,
         "plan": parent.plan.to_dict(),
         "codec": parent.codec.to_dict(),
     }
@@ -107,6 +109,7 @@ def derive_store(
     plan: PruningPlan | None = None,
     codec: CodecConfig | None = None,
     operation: str = "derive",
+    progress: bool = False,
 ) -> Path:
     """Write a store at ``out`` holding ``plan``'s entries of ``source`` with ``codec`` (both default to the parent's)."""
     target = Path(out)
@@ -134,7 +137,7 @@ def derive_store(
             )
             child = writer.attrs
             writer.close()
-            _copy_entries(parent, staging, positions, new_codec, child)
+            _copy_entries(parent, staging, positions, new_codec, child, progress=progress, what=operation)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -143,7 +146,14 @@ def derive_store(
 
 
 def _copy_entries(
-    parent: LabelStore, path: Path, positions: npt.NDArray[np.int64], codec: CodecConfig, child: StoreAttrs
+    parent: LabelStore,
+    path: Path,
+    positions: npt.NDArray[np.int64],
+    codec: CodecConfig,
+    child: StoreAttrs,
+    *,
+    progress: bool = False,
+    what: str = "derive",
 ) -> None:
     root = zarr.open_group(LocalStore(path), mode="r+", zarr_format=3)
     record = record_fields(parent.attrs)
@@ -162,9 +172,11 @@ def _copy_entries(
             f"{parent.where} keeps only the top-{parent.codec.params.get('k')} logits; quantizing the decoded rows "
             "would spend every level on the dropped tail. Recode it to float16 or topk instead."
         )
+    bar = tqdm(total=len(positions), desc=what, unit="entry", disable=not progress)
     for start in range(0, len(positions), block):
         span = slice(start, min(start + block, len(positions)))
         src = positions[span]
+        bar.update(len(src))
         rows = {
             name: np.asarray(parent.array(f"pool/{name}").get_orthogonal_selection((src,))) for name in record
         }
@@ -207,6 +219,7 @@ def _copy_entries(
                     for i, (e, b) in enumerate(keys.tolist())
                 ]
             )
+    bar.close()
     # Commit flags last, as the writer does.
     pool["committed"][:] = np.ones(len(positions), dtype=bool)
 
@@ -245,6 +258,7 @@ def prune(
     ratio: float | None = None,
     budget: int | str | None = None,
     strategy: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """A store keeping fewer of ``source``'s entries: at ``ratio`` of the full schedule, or within ``budget`` bytes.
 
@@ -257,7 +271,11 @@ def prune(
         base = PruningPlan.from_dict(parent.plan.to_dict() | ({"strategy": strategy} if strategy else {}))
         if ratio is not None:
             return derive_store(
-                source, out, plan=PruningPlan.from_dict(base.to_dict() | {"ratio": ratio}), operation="prune"
+                source,
+                out,
+                plan=PruningPlan.from_dict(base.to_dict() | {"ratio": ratio}),
+                operation="prune",
+                progress=progress,
             )
         limit = parse_size(budget)  # type: ignore[arg-type]
         fixed, per_entry = _measured_sizes(parent)
@@ -281,7 +299,7 @@ def prune(
                 else plan
             )
         try:
-            derive_store(source, trial, plan=plan, operation="prune")
+            derive_store(source, trial, plan=plan, operation="prune", progress=progress)
             with open_store(trial) as child:
                 fixed, per_entry = _measured_sizes(child)
                 total, kept = storage_bytes(child)["total"], child.num_entries
@@ -293,12 +311,14 @@ def prune(
     raise ValidationError(f"Could not fit {source} into {limit:,} bytes.")  # pragma: no cover
 
 
-def recode(source: str | os.PathLike[str], out: str | os.PathLike[str], *, codec: CodecConfig) -> Path:
+def recode(
+    source: str | os.PathLike[str], out: str | os.PathLike[str], *, codec: CodecConfig, progress: bool = False
+) -> Path:
     """A store holding the same entries as ``source`` with the logits in ``codec``."""
-    return derive_store(source, out, codec=codec, operation="recode")
+    return derive_store(source, out, codec=codec, operation="recode", progress=progress)
 
 
-def upgrade(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def upgrade(source: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> Path:
     """Rewrite a format version 1 or 2 store as version 3 at ``out`` (digests added; entries copied exactly).
 
     The source must be complete and pass ``verify`` first: digests bind what they are computed
@@ -317,11 +337,11 @@ def upgrade(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path
             f"{source} is already format version {version}; there is nothing to upgrade (copy it, or `prune`/"
             "`recode` it, to get a store with its own digests)."
         )
-    report = verify_store(source)
+    report = verify_store(source, progress=progress)
     if not report.ok:
         shown = "; ".join(str(p) for p in report.problems[:3])
         raise ValidationError(
             f"{source} does not pass verify ({len(report.problems)} problem(s): {shown}). Upgrading would bind "
             "the damage into digests; restore the store first. Nothing was written."
         )
-    return derive_store(source, out, operation="upgrade")
+    return derive_store(source, out, operation="upgrade", progress=progress)

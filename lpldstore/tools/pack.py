@@ -31,6 +31,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tqdm import tqdm
+
 from lpldstore.errors import ArtifactError, FormatError, StoreExistsError
 from lpldstore.storage._guard import check_zip_infos
 from lpldstore.storage.reader import LabelStore, open_store
@@ -85,8 +87,11 @@ def _members(store: LabelStore, root: Path) -> list[str]:
     return [*keys, *sorted(chunks)]
 
 
-def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
-    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest."""
+def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> str:
+    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest.
+
+    ``progress`` shows a bar of the files packed on stderr.
+    """
     root, target = Path(store), Path(out)
     if target.suffix != ".zip":
         raise ArtifactError(f"Expected an output name ending in .zip. Got {target.name!r} instead.")
@@ -111,7 +116,7 @@ def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> st
     partial_sum = target.with_name(f".{target.name}.sha256.partial-{tag}")
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for key in members:
+            for key in tqdm(members, desc="pack", unit="file", disable=not progress):
                 zf.write(root / key, key)
         digest = sha256_file(partial)
         partial_sum.write_text(f"{digest}  {target.name}\n")
@@ -163,7 +168,9 @@ def _safe_name(name: str) -> bool:
     )
 
 
-def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
+def unpack_store(
+    zip_path: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False
+) -> int:
     """Unpack a packed store into the new directory ``out``; returns the number of files.
 
     Refuses members with absolute paths, ``..``, backslashes or drive letters, and links; checks
@@ -203,7 +210,7 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
         open_store(source).close()
         partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            for info in infos:
+            for info in tqdm(infos, desc="unpack", unit="file", disable=not progress):
                 if info.is_dir():
                     continue
                 dest = partial / info.filename

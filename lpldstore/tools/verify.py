@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from lpldstore.errors import LpldStoreError, RecordsChangedError
 from lpldstore.format.arrays import bound_fields
@@ -112,11 +113,16 @@ class _Problems(list[Problem]):
 
 
 def verify_store(
-    source: StoreLike, *, storage_options: Mapping[str, Any] | None = None, require_bound: bool = False
+    source: StoreLike,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    require_bound: bool = False,
+    progress: bool = False,
 ) -> VerifyReport:
     """Read every chunk of a store and check it; never raises for damage, reports it.
 
-    ``require_bound``: a store without digests (format version 1 or 2) is a problem.
+    ``require_bound``: a store without digests (format version 1 or 2) is a problem. ``progress``
+    shows a bar (entries, then images) on stderr.
     """
     try:
         store = open_store(source, storage_options=storage_options, require_bound=require_bound)
@@ -139,8 +145,8 @@ def verify_store(
         problems.extend(
             Problem(a, m) for a, m in stale_array_metadata(store.zarr_store, store.where, store.attrs.arrays)
         )
-        committed, digests = _check_pool(store, problems)
-        _check_images(store, problems)
+        committed, digests = _check_pool(store, problems, progress)
+        _check_images(store, problems, progress)
         fingerprint = None
         if store.bound and not problems and digests is not None:
             h = hashlib.sha256(b"lpldstore/fingerprint/v3\0" + store.attrs.identity)
@@ -194,7 +200,7 @@ def _missing_key_blocks(store: LabelStore, problems: list[Problem]) -> set[int]:
 
 
 def _check_pool(
-    store: LabelStore, problems: list[Problem]
+    store: LabelStore, problems: list[Problem], progress: bool = False
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint8] | None]:
     block = store.layout.block_entries
     codec = store.attrs.logits_codec
@@ -210,10 +216,12 @@ def _check_pool(
     committed = np.zeros(store.num_entries, dtype=bool)
     all_digests = np.zeros((store.num_entries, 2, 32), dtype=np.uint8) if bound else None
     skip = _missing_key_blocks(store, problems)
+    bar = tqdm(total=store.num_entries, desc="verify entries", unit="entry", disable=not progress)
     for start in range(0, store.num_entries, block):
+        span = slice(start, min(start + block, store.num_entries))
+        bar.update(span.stop - span.start)
         if start // block in skip:
             continue
-        span = slice(start, min(start + block, store.num_entries))
         keys = store.keys[span]
         flags = _read(store, "pool/committed", span, problems)
         if flags is None:
@@ -263,6 +271,7 @@ def _check_pool(
                 if problem:
                     problems.append(Problem("pool/digest", problem, epoch, batch))
             _check_logits(store, codec, start + i, epoch, batch, problems, digest if bound else None)
+    bar.close()
     return committed, all_digests
 
 
@@ -294,7 +303,7 @@ def _check_logits(
             problems.append(Problem("pool/logits", problem, epoch, batch))
 
 
-def _check_images(store: LabelStore, problems: list[Problem]) -> None:
+def _check_images(store: LabelStore, problems: list[Problem], progress: bool = False) -> None:
     pixels_array = store.array("images/pixels")
     step = pixels_array.chunks[0]
     ok = True
@@ -302,7 +311,8 @@ def _check_images(store: LabelStore, problems: list[Problem]) -> None:
         if missing_block_chunks(pixels_array, number):
             problems.append(Problem("images/pixels", f"chunk {number} of the images is missing"))
             return  # the images read as zeros there: nothing more to learn from reading them
-    for start in range(0, store.dataset.num_images, step):
+    starts = range(0, store.dataset.num_images, step)
+    for start in tqdm(starts, desc="verify images", unit="chunk", disable=not progress):
         try:
             pixels_array[start : start + step]
         except READ_ERRORS as exc:
