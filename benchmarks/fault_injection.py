@@ -223,7 +223,9 @@ def moved_sweep(root: Path) -> dict[str, Any]:
         for rel in chunks:
             array = rel.as_posix().split("/c/")[0]
             peers = [c for c in chunks if c.as_posix().split("/c/")[0] == array and c != rel]
-            kinds = [("swapped with " + str(peers[0]), peers[0])] if peers else []
+            kinds: list[tuple[str, Path | None]] = (
+                [("swapped with " + str(peers[0]), peers[0])] if peers else []
+            )
             kinds.append(("from another store", None))
             for what, peer in kinds:
                 path = root / "moved.zarr"

@@ -155,7 +155,7 @@ def _canonical_values(values: npt.NDArray[Any]) -> memoryview:
         nan = ((bits & exponent) == exponent) & ((bits & mantissa) != 0)
         if nan.any():  # a missing chunk's fill and a written NaN must hash alike
             arr = np.where(nan, np.array(math.nan, dtype=arr.dtype), arr)
-    return memoryview(np.ascontiguousarray(arr)).cast("B")
+    return np.ascontiguousarray(arr).data.cast("B")
 
 
 def _update(h: Any, name: str, values: npt.NDArray[Any]) -> None:
