@@ -1226,6 +1226,8 @@ def main() -> None:
             for run in run_case(case, kit, memory=args.memory_mib << 20):
                 runs.append(run)
                 flag = "" if run["outcome"] in ("refused", "correct") else "   <-- " + run["outcome"].upper()
+                if run.get("limit"):
+                    flag = "   (the documented limit: not counted)"
                 print(
                     f"{case.klass:15s} {case.name[:55]:55s} {run['victim']:22s} {run['outcome']:8s} "
                     f"{run['seconds']:6.2f}s {run['peak_rss_mib']:7.0f} MiB{flag}"
