@@ -24,8 +24,10 @@ from lpldstore.errors import (
     LpldStoreError,
     MissingDependencyError,
     NotAStoreError,
+    RecordsChangedError,
     StoreDamagedError,
     StoreExistsError,
+    StoreLockedError,
     UnsafePickleError,
     UnsupportedVersionError,
     ValidationError,
@@ -42,7 +44,7 @@ from lpldstore.storage.reader import Entry, EntryMetadata, LabelStore, open_stor
 from lpldstore.storage.writer import StoreWriter
 from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
 from lpldstore.tools.card import store_card
-from lpldstore.tools.derive import derive_store, prune, recode
+from lpldstore.tools.derive import derive_store, prune, recode, upgrade
 from lpldstore.tools.info import format_store_info, store_info
 from lpldstore.tools.pack import pack_store, unpack_store
 from lpldstore.tools.sizes import peer_layout_bytes, storage_bytes
@@ -92,9 +94,11 @@ __all__ = [
     "Problem",
     "Provenance",
     "PruningPlan",
+    "RecordsChangedError",
     "RelabelConfig",
     "StoreDamagedError",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreWriter",
     "StoredArray",
     "UnsafePickleError",
@@ -119,6 +123,7 @@ __all__ = [
     "store_card",
     "store_info",
     "unpack_store",
+    "upgrade",
     "validate_params",
     "verify_store",
     # imported on first use (torch)

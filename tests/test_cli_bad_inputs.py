@@ -148,6 +148,10 @@ CASES: list[tuple[str, list[str], str]] = [
         ["recode", f"{W}/s.zarr", f"{W}/r.zarr", "--codec", "quantized:bits=4", "--temperature", "-1"],
         "temperature must be a positive number",
     ),
+    # upgrade
+    ("upgrade-current", ["upgrade", f"{W}/s.zarr", f"{W}/u.zarr"], "already format version 3"),
+    ("upgrade-exists", ["upgrade", f"{W}/s.zarr", f"{W}/exists"], "already exists"),
+    ("upgrade-missing", ["upgrade", f"{W}/nothing.zarr", f"{W}/u.zarr"], "No store at"),
     # import
     (
         "import-src",

@@ -1,4 +1,4 @@
-"""``lpldstore prune | recode``: derive a smaller store from an existing one, without the teacher."""
+"""``lpldstore prune | recode | upgrade``: derive a store from an existing one, without the teacher."""
 
 from __future__ import annotations
 
@@ -50,8 +50,20 @@ def _cmd_recode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    from lpldstore.storage.reader import open_store
+    from lpldstore.tools.derive import upgrade
+
+    path = upgrade(args.store, args.out, progress=show_progress(args))
+    with open_store(path) as store:
+        print(
+            f"{path}: format version {store.attrs.format_version}, {store.num_entries} entries; {store.binding}"
+        )
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Register ``prune`` and ``recode`` on the ``lpldstore`` parser's subcommands."""
+    """Register ``prune``, ``recode`` and ``upgrade`` on the ``lpldstore`` parser's subcommands."""
     p = sub.add_parser("prune", help="derive a store keeping fewer entries (by ratio or byte budget)")
     p.add_argument("store", help="the parent store directory")
     p.add_argument("out", help="where to write the derived store (must not exist)")
@@ -81,3 +93,10 @@ def register(sub: Any) -> None:
     r.add_argument("--temperature", type=float, help="fidelity temperature (default: 20)")
     add_quiet(r)
     r.set_defaults(run=_cmd_recode)
+    u = sub.add_parser(
+        "upgrade", help="rewrite a format version 1 or 2 store as version 3 (digests), after verifying it"
+    )
+    u.add_argument("store", help="the store directory to upgrade (left as it is)")
+    u.add_argument("out", help="where to write the version-3 store (must not exist)")
+    add_quiet(u)
+    u.set_defaults(run=_cmd_upgrade)

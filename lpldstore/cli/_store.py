@@ -32,14 +32,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "`lpldstore verify` checks every chunk and record; re-running a teacher needs torch and the "
             f"pipeline: run `lpld verify {args.store} --teacher {args.teacher}` instead."
         )
-    report = verify_store(args.store, progress=show_progress(args))
+    report = verify_store(args.store, require_bound=args.require_bound, progress=show_progress(args))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         for problem in report.problems:
             print(problem)
-        verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        if report.unlisted:
+            print(f"... and {report.unlisted} more problem(s) not listed")
+        verdict = "OK" if report.ok else f"{len(report.problems) + report.unlisted} problem(s)"
         print(f"{report.source}: {report.committed}/{report.entries} entries committed; {verdict}")
+        if report.binding:
+            print(f"binding: {report.binding}")
+        if report.fingerprint:
+            print(f"fingerprint: {report.fingerprint}")
     return 0 if report.ok else 1
 
 
@@ -101,6 +107,11 @@ def register(sub: Any) -> None:
     verify = sub.add_parser("verify", help="read every chunk and check it; exit 1 on any problem")
     verify.add_argument("store", help=_STORE_HELP)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument(
+        "--require-bound",
+        action="store_true",
+        help="fail a store without digests (format version 1 or 2, or one stripped to look like it)",
+    )
     # The teacher check moved to `lpld verify`; the flag stays to say so instead of a usage error.
     verify.add_argument("--teacher", default=None, help=argparse.SUPPRESS)
     add_quiet(verify)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from lpldstore.errors import ConfigError
+from lpldstore.errors import ConfigError, InteropError
 from lpldstore.format.params import AugmentParams
 from lpldstore.format.plan import LastBatch, PruningPlan
 from lpldstore.format.records import RelabelConfig
@@ -33,6 +33,7 @@ __all__ = [
     "PeerSource",
     "RecordProblem",
     "TopkRule",
+    "num_classes_of",
 ]
 
 # The SRe2L family and FKD replay crops on PIL images through torchvision's v1 functional API;
@@ -339,6 +340,12 @@ def mix_of(
         raise RecordProblem(f"expected mix_bbox as 4 integers, got {type(bbox).__name__}")
     box = []
     for v in bbox:
+        # Type first: np.asarray of an untrusted nested list could be arbitrarily large.
+        if (
+            not isinstance(v, int | np.integer | np.ndarray | torch.Tensor)
+            or (v.numel() if isinstance(v, torch.Tensor) else np.size(v)) != 1
+        ):
+            raise RecordProblem(f"expected mix_bbox as 4 integers, got an item of type {type(v).__name__}")
         arr = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
         if arr.size != 1 or arr.dtype.kind not in "iu":
             raise RecordProblem(f"expected mix_bbox as 4 integers, got {bbox!r}")
@@ -425,6 +432,19 @@ def sre2l_record(
         mix_lam=lam,
         mix_box=box,
     )
+
+
+def num_classes_of(items: Any, where: str) -> int:
+    """The class count of a SRe2L-family record: the width of its logits (item 5), a 2-D tensor or array.
+
+    Checked by type and shape before any conversion: an untrusted nested list is never turned
+    into a tensor.
+    """
+    logits = items[5] if isinstance(items, list | tuple) and len(items) > 5 else None
+    if not isinstance(logits, torch.Tensor | np.ndarray) or logits.ndim != 2:
+        got = type(logits).__name__ if logits is not None else "no item 5"
+        raise InteropError(f"{where}: expected logits (item 5) as a 2-D tensor. Got {got} instead.")
+    return int(logits.shape[1])
 
 
 def record_length(items: Any) -> int:

@@ -310,7 +310,7 @@ def _record_provenance(
     # names the source (by name: provenance is published with the store) and keeps the exact lambdas.
     import zarr
 
-    from lpldstore.storage._open import consolidate
+    from lpldstore.storage.writer import update_provenance
 
     root = zarr.open_group(str(staging), mode="r+", zarr_format=3)
     provenance: dict[str, Any] = dict(root.attrs["provenance"])  # type: ignore[arg-type]
@@ -330,8 +330,7 @@ def _record_provenance(
     provenance["config"] = {**dict(provenance.get("config") or {}), "import": entry}
     if record is not None and record.source:
         provenance["parents"] = [{"operation": f"export --to {layout}", **record.source}]
-    root.attrs["provenance"] = provenance
-    consolidate(zarr.storage.LocalStore(staging))
+    update_provenance(staging, provenance)  # keeps a version-3 store's record digests in step
 
 
 def exact_lambdas(store: LabelStore) -> dict[int, float]:

@@ -26,6 +26,7 @@ from lpldstore.interop._common import (
     PeerSource,
     RecordProblem,
     logits_of,
+    num_classes_of,
     prefix_plan,
     probs_to_logits,
     record_length,
@@ -148,7 +149,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
             teacher="unknown (HALD ensemble)",
             crop_scale=(0.08, 1.0),
         ),
-        num_classes=int(torch.as_tensor(first_epoch[0][5]).shape[1]),
+        num_classes=num_classes_of(first_epoch[0], str(epoch_files[min(epoch_files)].path)),
         refs=refs,
         notes={"composition": SIDECAR, "logits": f"{temperature:g} * log(stored probabilities)"},
     )

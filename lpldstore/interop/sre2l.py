@@ -29,6 +29,7 @@ from lpldstore.interop._common import (
     PeerSource,
     RecordProblem,
     normalized_coords,
+    num_classes_of,
     prefix_plan,
     record_length,
     relabel_for,
@@ -133,7 +134,7 @@ def source_of(
         layout=layout,
         plan=plan,
         relabel=relabel_for(options, mix=items[2] is not None, teacher=teacher, crop_scale=(0.08, 1.0)),
-        num_classes=int(torch.as_tensor(items[5]).shape[1]),
+        num_classes=num_classes_of(items, f"{layout} record"),
         refs=refs,
         notes=notes,
     )
