@@ -282,7 +282,7 @@ class TrainConfig:
     reference's ``get_parameters`` (``decay_norm_and_bias`` decays BN and bias parameters too);
     ``schedule`` ``cosine`` (per epoch, ``0.5 (1 + cos(pi e / E))``) or ``warmup_cosine`` (linear
     warm-up from 0.01x over ``warmup_epochs``, then cosine). ``policy`` is the pool loader's
-    (``ilp``, ``epoch``, ``order``, ``sequential``); ``batch_size`` 0 trains on one stored batch per
+    (``ilp``, ``epoch``, ``order``, ``stored``, ``sequential``); ``batch_size`` 0 trains on one stored batch per
     step. Validation uses ``val`` (its image size is set to the store's output size; its
     ``eval_transform`` is the recipe's evaluation transform).
     """
@@ -304,7 +304,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: Literal["cosine", "warmup_cosine"] = "cosine"
     warmup_epochs: int = 0
-    policy: Literal["ilp", "epoch", "order", "sequential"] = "ilp"
+    policy: Literal["ilp", "epoch", "order", "stored", "sequential"] = "ilp"
     loader_seed: int = 0
     num_workers: int = 0
     device_loader: bool = True

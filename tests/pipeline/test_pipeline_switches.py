@@ -289,3 +289,33 @@ def test_presets_state_the_switches() -> None:
         "resize",
     )
     assert json.dumps(dataclasses.asdict(demo))  # records stay JSON
+
+
+# -- pool policies reach the loader: order cycles, stored refuses, ilp draws -------------------------
+
+
+def test_train_passes_the_pool_policy_through(tmp_path: Path) -> None:
+    from lpld_pipeline import load_student_checkpoint, relabel_entries, train
+
+    from ._stores import create_store
+
+    teacher, synth = tiny_teacher(), tiny_images()
+    with create_store(tmp_path / "s.zarr", teacher, synth) as writer:  # 8 entries: epochs 0-1 of 4 batches
+        relabel_entries(writer, teacher, torch.from_numpy(synth.images))
+
+    def weights(policy: str, epochs: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"{policy}-{epochs}"
+        config = TrainConfig(
+            store=str(tmp_path / "s.zarr"), out=str(out), model="tiny_resnet", width=4, epochs=epochs,
+            lr=0.01, policy=policy, val=DataConfig(name="digits"), val_interval=100, progress=False,  # type: ignore[arg-type]
+            device="cpu",
+        )  # fmt: skip
+        train(config)
+        return dict(load_student_checkpoint(out)["model"])
+
+    order, stored, ilp = weights("order", 2), weights("stored", 2), weights("ilp", 2)
+    assert all(torch.equal(order[k], stored[k]) for k in order)  # both replay stored epochs 0 and 1
+    assert not all(torch.equal(order[k], ilp[k]) for k in order)
+    weights("order", 3)  # epoch 2 replays stored epoch 0 again
+    with pytest.raises(ConfigError, match="policy 'stored'"):
+        weights("stored", 3)
