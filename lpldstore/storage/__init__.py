@@ -6,7 +6,16 @@ both go through ``_open`` (a directory, a zip or an fsspec URL as a zarr store) 
 """
 
 from lpldstore.storage._open import StoreLike
+from lpldstore.storage.background import BackgroundWriter
 from lpldstore.storage.reader import Entry, EntryMetadata, LabelStore, open_store
 from lpldstore.storage.writer import StoreWriter
 
-__all__ = ["Entry", "EntryMetadata", "LabelStore", "StoreLike", "StoreWriter", "open_store"]
+__all__ = [
+    "BackgroundWriter",
+    "Entry",
+    "EntryMetadata",
+    "LabelStore",
+    "StoreLike",
+    "StoreWriter",
+    "open_store",
+]

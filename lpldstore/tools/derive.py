@@ -26,7 +26,7 @@ from zarr.storage import LocalStore
 
 from lpldstore.errors import ConfigError, StoreExistsError, ValidationError
 from lpldstore.format.arrays import record_fields
-from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sums
+from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig
 from lpldstore.storage.reader import LabelStore, open_store
@@ -174,9 +174,13 @@ def _copy_entries(
                 decoded = np.maximum(decoded.astype(np.float32), np.float32(-65504))
                 source = decoded.astype(np.float16) if new_codec.lossless else decoded
                 stored[i] = new_codec.encode(source)
-                sums[i] = fidelity_sums(
-                    decoded[:n], new_codec.decode(stored[i][:n]), float(codec.temperature)
-                )
+                epoch, batch = (int(v) for v in plan.key_at(p))
+                if not new_codec.lossless and fidelity_sampled(
+                    epoch * plan.batches_per_epoch + batch, float(codec.fidelity_rate)
+                ):  # the writer's sample (lpldstore.format.fidelity.fidelity_sampled)
+                    sums[i] = fidelity_sums(
+                        decoded[:n], new_codec.decode(stored[i][:n]), float(codec.temperature)
+                    )
             if "fidelity" in pool:
                 pool["fidelity"][span] = sums
         pool["logits"][span] = stored

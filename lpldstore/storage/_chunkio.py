@@ -1,0 +1,109 @@
+"""Whole chunks of one array read and written in the calling thread, without zarr's event loop.
+
+zarr-python 3.1 runs every read and write as a coroutine on its own I/O thread, and its
+compressors in a thread pool: each call hands the work to another thread and waits for it. On an
+idle machine that costs a fraction of a millisecond; on a loaded one the waiting thread gets the
+GIL back only at the interpreter's switch interval, and one 256 KB logits chunk took 2-6 ms to
+write and 1-2 ms to read through zarr where this module takes 0.6 and 0.6 ms (measured with
+``benchmarks/writer.py`` and ``benchmarks/reader.py``, docs/codecs.md).
+
+For an unsharded array of a store with synchronous methods (zarr's ``LocalStore`` and
+``MemoryStore`` from zarr 3.1.6), one entry's logits are exactly one chunk, so :class:`ChunkIO`
+encodes it with the array's own codec objects (the code zarr itself runs: the bytes on disk are
+identical, crc32c included) and writes it with the store's synchronous ``set_sync`` (atomic, as
+zarr's own write). Everything else (sharded arrays, zip and remote stores, older zarr) goes
+through zarr: :meth:`ChunkIO.of` returns None and callers keep zarr's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+
+__all__ = ["ChunkIO"]
+
+
+class ChunkIO:
+    """Read and write whole chunks of one zarr array in the calling thread (see the module docstring).
+
+    The array's chunks must span every axis but the first: chunk ``i`` holds rows
+    ``i * rows .. (i + 1) * rows`` of the first axis (``rows`` = 1 for the logits, the block size
+    for the per-entry arrays).
+    """
+
+    def __init__(self, array: zarr.Array, store: Any, prefix: str, pipeline: Any) -> None:
+        self._array = array
+        self._store = store
+        self._prefix = prefix
+        self._array_bytes = pipeline.array_bytes_codec
+        self._bytes_bytes = tuple(pipeline.bytes_bytes_codecs)
+        self._proto = default_buffer_prototype()
+        coords = (0,) * array.ndim
+        self._spec = array.metadata.get_chunk_spec(coords, array.config, self._proto)
+        self._chunk_shape = tuple(array.chunks)
+        self._rows = self._chunk_shape[0]
+        self._fill = array.fill_value
+
+    @classmethod
+    def of(cls, array: zarr.Array, *, write: bool = False) -> ChunkIO | None:
+        """A ChunkIO for ``array`` (to read, or also to ``write``), or None where zarr's path must be used."""
+        store = array.store_path.store
+        pipeline = getattr(array.async_array, "codec_pipeline", None)
+        codecs = [getattr(pipeline, "array_bytes_codec", None), *getattr(pipeline, "bytes_bytes_codecs", ())]
+        usable = (
+            array.metadata.zarr_format == 3
+            and array.shards is None
+            and tuple(array.chunks[1:]) == tuple(array.shape[1:])
+            and callable(getattr(store, "get_sync", None))
+            and (not write or callable(getattr(store, "set_sync", None)))
+            and pipeline is not None
+            and not getattr(pipeline, "array_array_codecs", (None,))
+            and all(
+                callable(getattr(c, "_encode_sync", None)) and callable(getattr(c, "_decode_sync", None))
+                for c in codecs
+            )
+        )
+        if not usable:
+            return None
+        prefix = array.store_path.path
+        return cls(array, store, f"{prefix}/" if prefix else "", pipeline)
+
+    def _key(self, index: int) -> str:
+        coords = (index,) + (0,) * (self._array.ndim - 1)
+        return self._prefix + self._array.metadata.encode_chunk_key(coords)
+
+    def _extent(self, index: int) -> int:
+        """Rows of chunk ``index`` inside the array (the last chunk may stick out)."""
+        return max(0, min(self._rows, self._array.shape[0] - index * self._rows))
+
+    def write(self, index: int, value: npt.NDArray[Any]) -> None:
+        """Write chunk ``index``: ``value`` holds its rows inside the array (those beyond get the fill value)."""
+        rows = self._extent(index)
+        value = np.asarray(value, dtype=self._array.dtype).reshape((rows, *self._chunk_shape[1:]))
+        if rows == self._rows:
+            data = np.ascontiguousarray(value)
+        else:  # zarr stores an edge chunk at full size, the part outside the array as fill
+            data = np.full(self._chunk_shape, self._fill, dtype=self._array.dtype)
+            data[:rows] = value
+        buf: Any = self._array_bytes._encode_sync(self._proto.nd_buffer.from_numpy_array(data), self._spec)
+        for codec in self._bytes_bytes:
+            buf = codec._encode_sync(buf, self._spec)
+        self._store.set_sync(self._key(index), buf)
+
+    def read(self, index: int) -> npt.NDArray[Any]:
+        """Chunk ``index``'s rows inside the array, decoded; the fill value where it was never written.
+
+        A damaged chunk raises what the codecs raise (crc32c: ValueError), as zarr's read does.
+        """
+        rows = self._extent(index)
+        buf: Any = self._store.get_sync(self._key(index), prototype=self._proto)
+        if buf is None:
+            return np.full((rows, *self._chunk_shape[1:]), self._fill, dtype=self._array.dtype)
+        for codec in reversed(self._bytes_bytes):
+            buf = codec._decode_sync(buf, self._spec)
+        decoded = np.asarray(self._array_bytes._decode_sync(buf, self._spec).as_numpy_array())
+        return decoded.reshape(self._chunk_shape)[:rows]
