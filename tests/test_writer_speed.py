@@ -352,3 +352,38 @@ def test_a_killed_background_writer_leaves_only_committed_whole_entries(tmp_path
         fill(writer)
     assert different_entries(store, reference) == []
     assert verify_store(store).ok
+
+
+# -- reading: the quantized codes unpacked by byte pairs equal the documented bit layout ------------
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("classes", [1, 7, 10, 1000])
+def test_quantized_decode_reads_the_documented_bit_layout(bits: int, classes: int) -> None:
+    codec = CodecConfig(name="quantized", params={"bits": bits}).codec(classes)
+    rng = np.random.default_rng(bits * 1000 + classes)
+    stored = codec.encode((rng.standard_normal((9, classes)) * 5).astype(np.float32))
+    # The layout (QuantizedCodec's docstring): code q of class c in bits c*bits .. c*bits+bits-1 of
+    # the code bytes, least significant bit first; decoded offset + q * scale in float32.
+    flat = np.unpackbits(stored[:, 8:], axis=1, bitorder="little")
+    weights = 1 << np.arange(bits)
+    codes = np.stack(
+        [(flat[:, c * bits : (c + 1) * bits] * weights).sum(axis=1) for c in range(classes)], axis=1
+    )
+    head = np.ascontiguousarray(stored[:, :8]).view("<f4")
+    expected = head[:, :1] + codes.astype(np.float32) * head[:, 1:2]
+    assert np.array_equal(codec.decode(stored), expected)
+
+
+def test_the_float16_finiteness_check_is_numpys() -> None:
+    from lpldstore.format.codecs import all_finite as _all_finite
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    for value in [*every[:: 1 << 6].tolist(), np.inf, -np.inf, np.nan, 65504.0, -0.0]:
+        one = np.array([[1.0, value]], dtype=np.float16)
+        assert _all_finite(one) == bool(np.isfinite(one).all()), value
+    with np.errstate(invalid="ignore"):
+        assert _all_finite(every[np.isfinite(every)])
+    assert not _all_finite(every)
+    assert _all_finite(np.ones((2, 3), np.float32))
+    assert not _all_finite(np.array([np.nan], np.float32))

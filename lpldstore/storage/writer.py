@@ -37,6 +37,7 @@ from lpldstore._version import __version__
 from lpldstore.errors import EntryError, StoreExistsError, ValidationError
 from lpldstore.format.arrays import entry_fields
 from lpldstore.format.augmentations import check_extras
+from lpldstore.format.codecs import all_finite
 from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
 from lpldstore.format.params import AugmentParams, validate_params
 from lpldstore.format.plan import PruningPlan
@@ -421,7 +422,7 @@ class StoreWriter:
         raw = _as_array("logits", logits, (n, dataset.num_classes), "f", where)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as an error
             half = raw.astype(np.float16)
-        if not np.isfinite(half).all():
+        if not all_finite(half):
             culprit = "non-finite" if not np.isfinite(raw).all() else "beyond the float16 range (|x| > 65504)"
             raise ValidationError(
                 f"{where}: logits hold values {culprit}; every logit must be finite in float16."
