@@ -8,6 +8,8 @@ A   ``StoreWriter.write`` per entry, float16 codec: validation, encoding, crc32c
     every chunk, the small arrays and commit flags every 16 entries; ``close`` included.
 A+  the same through :class:`lpldstore.BackgroundWriter` (one background thread owns the writer;
     the caller only queues), until ``close`` returns.
+AS  ``StoreWriter`` with the logits sharded by block (``Layout(logits_shard_entries=64)``): one
+    shard file per 64 entries instead of one file per entry.
 Q   ``StoreWriter`` with the lossy ``quantized`` 8-bit codec at the default fidelity sample rate,
     and Q1 at rate 1.0 (fidelity measured on every entry, as before the rate existed).
 B   SRe2L/LPLD: ``torch.save`` of the six-item list per batch file
@@ -61,6 +63,7 @@ from lpldstore import (
     BackgroundWriter,
     CodecConfig,
     DatasetInfo,
+    Layout,
     PruningPlan,
     RelabelConfig,
     StoreWriter,
@@ -110,7 +113,12 @@ def make_entries(shape: Shape, seed: int = 0) -> tuple[PruningPlan, DatasetInfo,
 
 
 def _new_store(
-    root: Path, plan: PruningPlan, dataset: DatasetInfo, relabel: RelabelConfig, codec: CodecConfig
+    root: Path,
+    plan: PruningPlan,
+    dataset: DatasetInfo,
+    relabel: RelabelConfig,
+    codec: CodecConfig,
+    layout: Layout | None = None,
 ) -> StoreWriter:
     images = np.zeros((plan.num_images, 32, 32, 3), np.uint8)
     labels = np.arange(plan.num_images) % dataset.num_classes
@@ -122,6 +130,7 @@ def _new_store(
         dataset=dataset,
         relabel=relabel,
         codec=codec,
+        layout=layout,
     )
 
 
@@ -161,12 +170,14 @@ def throughput(shape: Shape, repeats: int, root: Path) -> dict[str, Any]:
     codecs = {
         "A": CodecConfig(),
         "A+": CodecConfig(),
+        "AS": CodecConfig(),
         "Q": CodecConfig(name="quantized", params={"bits": 8}),
         "Q1": CodecConfig(name="quantized", params={"bits": 8}, fidelity_rate=1.0),
     }
     labels = {
         "A": "A  StoreWriter float16",
         "A+": "A+ BackgroundWriter float16",
+        "AS": "AS StoreWriter float16, logits sharded by block",
         "Q": "Q  StoreWriter quantized8, default sample",
         "Q1": "Q1 StoreWriter quantized8, every entry",
         "B": "B  torch.save per batch file",
@@ -176,7 +187,8 @@ def throughput(shape: Shape, repeats: int, root: Path) -> dict[str, Any]:
         if key == "B":
             seconds = _timed_peer(root, entries)
         else:
-            writer = _new_store(root, plan, dataset, relabel, codecs[key])
+            layout = Layout(logits_shard_entries=64) if key == "AS" else None
+            writer = _new_store(root, plan, dataset, relabel, codecs[key], layout)
             seconds = _timed_store(BackgroundWriter(writer) if key == "A+" else writer, entries)
         return len(entries) / seconds
 
