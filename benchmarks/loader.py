@@ -325,6 +325,41 @@ def profile_a(store: Path, shape: Shape, steps: int) -> dict[str, Any]:
     }
 
 
+def cpu_time_shape(shape: Shape, repeats: int, root: Path) -> dict[str, Any]:
+    """A and F in-process (no workers) on thread CPU time: a check that load on a shared machine
+    does not move (other processes slow wall-clock time, not the CPU time a step takes)."""
+    store, _, plan = build(root, shape, peer_files=False)
+    positions = epoch_schedule(plan, "ilp", 0, 0, steps_per_epoch=shape.steps)
+    with open_store(store) as s:
+        mean, std = s.dataset.mean, s.dataset.std
+        images = torch.from_numpy(s.images())
+    floor = TorchvisionFloor(images, floor_steps(store, positions), shape.size, mean, std)
+    pool = PoolLoader(store, policy="ilp", seed=0, steps_per_epoch=shape.steps)
+
+    def run_a() -> None:
+        for _ in pool:
+            pass
+
+    def run_f() -> None:
+        for i in range(len(floor)):
+            floor[i]
+
+    run_a()  # warm-up
+    run_f()
+    cpu: dict[str, list[float]] = {"A": [], "F": []}
+    for _ in range(repeats):
+        for name, fn in (("A", run_a), ("F", run_f)):
+            start = time.thread_time()
+            fn()
+            cpu[name].append(1e3 * (time.thread_time() - start) / shape.steps)
+    pool.close()
+    a, f = statistics.median(cpu["A"]), statistics.median(cpu["F"])
+    print(
+        f"[{shape.name}] CPU ms per step in-process: A {a:.2f}, F {f:.2f}, A/F speed {f / a:.2f}", flush=True
+    )
+    return {"cpu_ms_per_step": {"A": a, "F": f}, "runs": cpu, "A_over_F_speed": f / a}
+
+
 def run_shape(
     shape: Shape, workers: list[int], repeats: int, device: torch.device, root: Path
 ) -> dict[str, Any]:
@@ -418,6 +453,30 @@ def _report(name: str, result: dict[str, Any]) -> None:
             print(f"   {stage:44s} {ms:7.2f}")
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Images/s per method, worker setting and shape (medians), one panel per shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = [r for r in results.values() if "rows" in r]
+    if not shapes:
+        return
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], shapes, strict=True):
+        rows = result["rows"]
+        labels = [f"{r['method'].split()[0]}, {r['workers']} workers" for r in rows]
+        colors = [{"A": "tab:blue", "F": "tab:gray", "B": "tab:orange"}[r["method"][0]] for r in rows]
+        ax.barh(labels, [r["median_images_per_s"] for r in rows], color=colors)
+        ax.invert_yaxis()
+        shape = result["shape"]
+        ax.set_title(f"{shape['size']} px, {shape['classes']} classes, batch {shape['batch']}")
+        ax.set_xlabel("images/s (median); A lpldstore, F torchvision floor, B SRe2L files")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -435,6 +494,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=7, help="timed epochs per method and setting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/loader_<device>[_quick].json)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="only A and F in-process on thread CPU time (load-insensitive): loader_cpu_time.json",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -450,9 +514,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = [os.getloadavg()]
     for shape in shapes:
         with tempfile.TemporaryDirectory() as tmp:
-            results[shape.name] = run_shape(shape, workers, args.repeats, device, Path(tmp))
+            if args.cpu_time:
+                results[shape.name] = cpu_time_shape(shape, args.repeats, Path(tmp))
+            else:
+                results[shape.name] = run_shape(shape, workers, args.repeats, device, Path(tmp))
         load.append(os.getloadavg())
-        _report(shape.name, results[shape.name])
+        if not args.cpu_time:
+            _report(shape.name, results[shape.name])
     config = vars(args) | {
         "torch": torch.__version__,
         "machine": platform.platform(),
@@ -460,11 +528,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "load_average_before_and_after_each_shape": load,
     }
-    out = (
-        Path(args.out) if args.out else RESULTS / f"loader_{device.type}{'_quick' if args.quick else ''}.json"
-    )
+    kind = "cpu_time" if args.cpu_time else device.type
+    out = Path(args.out) if args.out else RESULTS / f"loader_{kind}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": config, "shapes": results}, indent=2) + "\n")
+    if not args.cpu_time:
+        plot(results, out.with_suffix(".png"))
     print(f"saved {out}")
     return results
 
