@@ -414,7 +414,10 @@ def _teacher_loop(
     for epoch, batch in todo:
         idx = plan.batch_indices(epoch, batch)
         params = lpldstore.draw_params(cfg, hw, len(idx), epoch, batch)
-        x = lpldstore.apply_params(pixels, params, cfg, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), indices=idx)
+        # The replay exactly as the pipeline's relabel_entries does it, so that only the write differs.
+        x = lpldstore.apply_params(
+            pixels[torch.from_numpy(idx).to(device)], params, cfg, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        )
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
