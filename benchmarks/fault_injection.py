@@ -15,6 +15,10 @@ nothing or a complete store, never a partial one.
 Damage sweep: every file of a small finished store, flipped, truncated and deleted in turn
 (metadata files too); each case must be reported by ``verify`` and refused by the reader.
 
+Moved-chunk sweep (format version 3): every chunk file swapped with another chunk file of the
+same array (intact bytes, checksums right, wrong place), and replaced by the same chunk of
+another store of the same plan; ``verify`` must name it and the reader must not return wrong data.
+
 Results: ``benchmarks/results/fault_injection.json``. Wall-clock figures depend on the machine
 (shared, 2 cores, when the committed results were made).
 """
@@ -31,7 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from lpldstore import Layout, LpldStoreError, PruningPlan, StoreWriter, open_store, verify_store
+from lpldstore import (
+    FORMAT_VERSION,
+    Layout,
+    LpldStoreError,
+    PruningPlan,
+    StoreWriter,
+    open_store,
+    verify_store,
+)
 from lpldstore.testing import DAMAGE_KINDS, damage_file, different_entries, fill, kill_at, make_store, spawn
 
 PLAN = PruningPlan(
@@ -154,17 +166,8 @@ def damage_sweep(root: Path, rng: np.random.Generator) -> dict[str, Any]:
                 shutil.copytree(template, path)
                 what = damage_file(path / rel, kind, rng)
                 report = verify_store(path)
-                try:
-                    with open_store(path) as store:
-                        complete = store.is_complete
-                    # Everything a reader returns, compared with the undamaged store. Entries whose
-                    # commit flags are lost are not served at all (a resumed writer redoes them).
-                    if not complete:
-                        reader = "refused"
-                    else:
-                        reader = "wrong data" if different_entries(path, template) else "correct data"
-                except LpldStoreError:
-                    reader = "refused"
+                # Everything a reader returns, compared with the undamaged store.
+                reader = _reader_outcome(path, template)
                 cases.append(
                     {
                         "layout": "sharded" if sharded else "chunked",
@@ -184,6 +187,78 @@ def damage_sweep(root: Path, rng: np.random.Generator) -> dict[str, Any]:
         "reader_wrong_data": sum(c["reader"] == "wrong data" for c in cases),
         "missed_by_verify": [c for c in cases if not c["verify_detected"]],
         "reader_unaffected": sorted({c["file"] for c in cases if c["reader"] == "correct data"}),
+        "reader_wrong": [c for c in cases if c["reader"] == "wrong data"],
+        "details": cases,
+    }
+
+
+def _reader_outcome(path: Path, template: Path) -> str:
+    try:
+        with open_store(path) as store:
+            complete = store.is_complete
+        # Entries whose commit flags are lost are not served at all (a resumed writer redoes them).
+        if not complete:
+            return "refused"
+        return "wrong data" if different_entries(path, template) else "correct data"
+    except LpldStoreError:
+        return "refused"
+
+
+def moved_sweep(root: Path) -> dict[str, Any]:
+    """Every chunk swapped with another of its array, and replaced by another store's: all named."""
+    plan = PruningPlan(num_images=16, batch_size=4, epochs=3, ratio=1.5, strategy="random", seed=4)
+    cases: list[dict[str, Any]] = []
+    for sharded in (False, True):
+        layout = Layout(block_entries=4, logits_shard_entries=4 if sharded else None)
+        template = root / f"moved-template-{sharded}.zarr"
+        other = root / f"moved-other-{sharded}.zarr"
+        for path, seed in ((template, 0), (other, 1)):
+            with make_store(path, plan=plan, layout=layout, seed=seed) as writer:
+                fill(writer, seed=seed)
+        chunks = sorted(
+            p.relative_to(template)
+            for p in template.rglob("*")
+            if p.is_file() and "/c/" in f"/{p.relative_to(template).as_posix()}"
+        )
+        for rel in chunks:
+            array = rel.as_posix().split("/c/")[0]
+            peers = [c for c in chunks if c.as_posix().split("/c/")[0] == array and c != rel]
+            kinds: list[tuple[str, Path | None]] = (
+                [("swapped with " + str(peers[0]), peers[0])] if peers else []
+            )
+            kinds.append(("from another store", None))
+            for what, peer in kinds:
+                path = root / "moved.zarr"
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(template, path)
+                if peer is None:
+                    if (path / rel).read_bytes() == (other / rel).read_bytes():
+                        continue  # identical in both stores (keys, images of the same seed): nothing moved
+                    shutil.copyfile(other / rel, path / rel)
+                else:
+                    if (path / rel).read_bytes() == (path / peer).read_bytes():
+                        continue  # byte-identical chunks: a swap changes nothing
+                    a, b = (path / rel).read_bytes(), (path / peer).read_bytes()
+                    (path / rel).write_bytes(b)
+                    (path / peer).write_bytes(a)
+                report = verify_store(path)
+                cases.append(
+                    {
+                        "layout": "sharded" if sharded else "chunked",
+                        "file": str(rel),
+                        "what": what,
+                        "verify_detected": not report.ok,
+                        "reader": _reader_outcome(path, template),
+                        "named": sorted({str(p).split(":")[0] for p in report.problems})[:4],
+                    }
+                )
+    return {
+        "cases": len(cases),
+        "verify_detected": sum(c["verify_detected"] for c in cases),
+        "reader_refused": sum(c["reader"] == "refused" for c in cases),
+        "reader_correct_data": sum(c["reader"] == "correct data" for c in cases),
+        "reader_wrong_data": sum(c["reader"] == "wrong data" for c in cases),
+        "missed_by_verify": [c for c in cases if not c["verify_detected"]],
         "reader_wrong": [c for c in cases if c["reader"] == "wrong data"],
         "details": cases,
     }
@@ -222,7 +297,14 @@ def main() -> None:
             f"reader refused {damage['reader_refused']}, read correct data {damage['reader_correct_data']}, "
             f"returned wrong data {damage['reader_wrong_data']}"
         )
+        moved = moved_sweep(root)
+        print(
+            f"moved-chunk sweep: {moved['verify_detected']}/{moved['cases']} detected by verify, "
+            f"reader refused {moved['reader_refused']}, read correct data {moved['reader_correct_data']}, "
+            f"returned wrong data {moved['reader_wrong_data']}"
+        )
     summary = {
+        "format_version": FORMAT_VERSION,
         "fill_trials": len(trials),
         "fill_trials_ok": sum(t["ok"] for t in trials),
         "kills": sum(k["killed"] for t in trials for k in t["kills"]),
@@ -238,6 +320,11 @@ def main() -> None:
         "damage_reader_refused": damage["reader_refused"],
         "damage_reader_correct_data": damage["reader_correct_data"],
         "damage_reader_wrong_data": damage["reader_wrong_data"],
+        "moved_cases": moved["cases"],
+        "moved_detected_by_verify": moved["verify_detected"],
+        "moved_reader_refused": moved["reader_refused"],
+        "moved_reader_correct_data": moved["reader_correct_data"],
+        "moved_reader_wrong_data": moved["reader_wrong_data"],
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(summary, indent=2))
@@ -254,6 +341,8 @@ def main() -> None:
                 "create_trials": creates,
                 "damage": {k: v for k, v in damage.items() if k != "details"},
                 "damage_cases": damage["details"],
+                "moved": {k: v for k, v in moved.items() if k != "details"},
+                "moved_cases": moved["details"],
             },
             indent=1,
         )

@@ -233,6 +233,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 PIPELINE_TESTS = ("tests/pipeline/test_pipeline_relabel.py", "tests/pipeline/test_pipeline_e2e.py")
 # The files that hold tests marked gpu (tests/test_gpu_suite.py checks that no other file does).
 GPU_TEST_FILES = (
+    "tests/test_adapters.py",
     "tests/test_augment.py",
     "tests/test_loader.py",
     "tests/pipeline/test_pipeline_synthesis.py",
@@ -538,7 +539,9 @@ def training(device: torch.device, sizes: Sizes, root: Path, syncs: dict[str, An
     pool = lpldstore.PoolLoader(store, policy="ilp", seed=0, steps_per_epoch=shape.steps, device=device)
     batches = list(pool)[: shape.steps]
     premade = [
-        lpldstore.PoolBatch(images=b.images.clone(), logits=b.logits.clone(), keys=b.keys.clone())
+        lpldstore.PoolBatch(
+            images=b.images.clone(), logits=b.logits.clone(), keys=b.keys.clone(), mix_lam=b.mix_lam.clone()
+        )
         for b in batches
     ]
 

@@ -136,7 +136,7 @@ def format_report(report: RunReport) -> str:
         lines.append(f"teacher top-1 on the same set              {report.teacher_top1:.2%}")
     lines += ["", "storage (lpldstore info):", ""]
     table = lpldstore.format_store_info(report.store_info)
-    lines += ["  " + line for line in table.rstrip("\n").splitlines()]
+    lines += [("  " + line).rstrip() for line in table.rstrip("\n").splitlines()]
     lines += ["", "time per stage:"]
     for name, secs in report.seconds.items():
         lines.append(f"  {name:<12}{secs:>9.1f} s")

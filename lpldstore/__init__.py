@@ -4,7 +4,7 @@ The package is layered (``docs/architecture.md``): ``format`` (what a store is),
 (reading and writing it with zarr), ``tools`` (whole-store commands), all without torch; then
 ``augment`` (replay kernels), ``loader`` (the pool loader) and ``interop`` (the peers' pickled
 layouts), which need torch. Every public name is exported here; the torch-facing ones
-(:func:`apply_params`, :class:`PoolLoader`, ...) are imported on first use, so opening, reading,
+(:func:`apply_params`, :class:`PoolLoader`, :class:`PoolDataset`, ...) are imported on first use, so opening, reading,
 verifying and packing a store never imports torch.
 """
 
@@ -24,8 +24,10 @@ from lpldstore.errors import (
     LpldStoreError,
     MissingDependencyError,
     NotAStoreError,
+    RecordsChangedError,
     StoreDamagedError,
     StoreExistsError,
+    StoreLockedError,
     UnsafePickleError,
     UnsupportedVersionError,
     ValidationError,
@@ -43,7 +45,7 @@ from lpldstore.storage.reader import Entry, EntryMetadata, LabelStore, open_stor
 from lpldstore.storage.writer import StoreWriter
 from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
 from lpldstore.tools.card import store_card
-from lpldstore.tools.derive import derive_store, prune, recode
+from lpldstore.tools.derive import derive_store, prune, recode, upgrade
 from lpldstore.tools.info import format_store_info, store_info
 from lpldstore.tools.pack import pack_store, unpack_store
 from lpldstore.tools.sizes import peer_layout_bytes, storage_bytes
@@ -51,7 +53,7 @@ from lpldstore.tools.verify import Problem, VerifyReport, verify_store
 
 if TYPE_CHECKING:
     from lpldstore.augment import apply_params
-    from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolLoader, epoch_schedule
+    from lpldstore.loader import LoaderConfig, Policy, PoolBatch, PoolDataset, PoolLoader, epoch_schedule
 
 # The torch-facing names, by the module that defines them.
 _LAZY = {
@@ -59,6 +61,7 @@ _LAZY = {
     "LoaderConfig": "lpldstore.loader",
     "Policy": "lpldstore.loader",
     "PoolBatch": "lpldstore.loader",
+    "PoolDataset": "lpldstore.loader",
     "PoolLoader": "lpldstore.loader",
     "epoch_schedule": "lpldstore.loader",
 }
@@ -93,9 +96,11 @@ __all__ = [
     "Problem",
     "Provenance",
     "PruningPlan",
+    "RecordsChangedError",
     "RelabelConfig",
     "StoreDamagedError",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreWriter",
     "StoredArray",
     "UnsafePickleError",
@@ -120,12 +125,14 @@ __all__ = [
     "store_card",
     "store_info",
     "unpack_store",
+    "upgrade",
     "validate_params",
     "verify_store",
     # imported on first use (torch)
     "LoaderConfig",
     "Policy",
     "PoolBatch",
+    "PoolDataset",
     "PoolLoader",
     "apply_params",
     "epoch_schedule",

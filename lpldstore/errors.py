@@ -17,8 +17,10 @@ __all__ = [
     "LpldStoreError",
     "MissingDependencyError",
     "NotAStoreError",
+    "RecordsChangedError",
     "StoreDamagedError",
     "StoreExistsError",
+    "StoreLockedError",
     "UnsafePickleError",
     "UnsupportedVersionError",
     "ValidationError",
@@ -53,12 +55,24 @@ class NotAStoreError(FormatError, FileNotFoundError):
     """The path holds no lpldstore store (nothing, or a foreign Zarr group)."""
 
 
+class RecordsChangedError(FormatError):
+    """Root records of a store no longer match their digests (format version 3); ``changed`` names them."""
+
+    def __init__(self, message: str, changed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.changed = changed
+
+
 class UnsupportedVersionError(FormatError):
     """The store's format version is not one that this lpldstore reads."""
 
 
 class StoreExistsError(LpldStoreError, FileExistsError):
     """The writer was asked to create a store where something already exists."""
+
+
+class StoreLockedError(LpldStoreError, RuntimeError):
+    """Another live writer holds a lease on part of the store this writer was to fill."""
 
 
 class StoreDamagedError(LpldStoreError, OSError):

@@ -425,7 +425,7 @@ def test_check_kernel_name() -> None:
     check_kernel_name(KERNEL, "bicubic", replay_interpolation="bicubic")
     with pytest.raises(ConfigError, match=r"Expected a store made with the crop kernel .* Got 'cv2.resize'"):
         check_kernel_name("cv2.resize", "bilinear")
-    with pytest.raises(ConfigError, match="pass override=True"):
+    with pytest.raises(ConfigError, match="pass override_kernel=True"):
         check_kernel_name(KERNEL, "lanczos")
     with pytest.raises(ConfigError, match=r"stored interpolation 'bilinear'\. Got 'bicubic'"):
         check_kernel_name(KERNEL, "bilinear", replay_interpolation="bicubic")

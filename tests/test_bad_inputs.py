@@ -33,7 +33,12 @@ PLAN = PruningPlan(num_images=8, batch_size=4, epochs=2, ratio=1, strategy="pref
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    # An open writer's lease (.leases/, released on close) is not data.
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".leases" not in p.relative_to(root).parts
+    }
 
 
 def test_an_unknown_codec_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -88,7 +93,12 @@ def _edit_root(path: Path, **attrs: Any) -> None:
             FormatError,
             r"root attribute 'codec' is invalid: .*name must be one of",
         ),
-        ({"dataset__num_classes": 7}, FormatError, r"array 'pool/logits' should have shape \(4, 4, 7\)"),
+        (
+            {"dataset__num_classes": 7},
+            FormatError,
+            # Format version 3 digests the dataset record, so the edit is named before the arrays are compared.
+            r"root record\(s\) \['dataset'\] do not match their digests|array 'pool/logits' should have shape",
+        ),
         (
             {"dataset__image_shape": [6, 6, 1]},
             FormatError,

@@ -36,7 +36,7 @@ def test_info_json_contract(store_path: Path, capsys: pytest.CaptureFixture[str]
     code, out = _run(capsys, "info", str(store_path), "--json")
     assert code == 0
     info = json.loads(out)
-    assert info["format_version"] == 2
+    assert info["format_version"] == 3
     assert info["dataset"]["num_classes"] == 7
     assert info["pruning"] | {"actual_ratio": None} == {
         "strategy": "random",

@@ -161,7 +161,7 @@ def test_store_decodes_each_codec(tmp_path: Path, codec: CodecConfig, sharded: b
     impl = codec.codec(6)
     with open_store(tmp_path / "s.zarr") as store:
         assert store.codec == codec
-        assert store.attrs.format_version == 2
+        assert store.attrs.format_version == 3
         for pos, (e, b) in enumerate(plan.kept_keys.tolist()):
             raw = fake_entry(attrs.plan, attrs.dataset, attrs.relabel, e, b)["logits"]
             source = raw.astype(np.float16) if impl.lossless else raw

@@ -151,9 +151,10 @@ def test_the_reader_refuses_a_lost_chunk_of_every_array(full_store: Path, tmp_pa
 def test_the_loaders_steps_carry_every_record_array(full_store: Path) -> None:
     with open_store(full_store) as store:
         steps = _read_epoch(store, np.arange(store.num_entries))
+        # The record, and (format version 3) the other digested arrays and the digests themselves.
         record = [a.name for a in store.attrs.arrays.values() if a.decl.role in ("indices", "param")]
         for i in range(len(steps)):
-            assert sorted(steps.step(i).row) == sorted(record)
+            assert sorted(steps.step(i).row) == sorted([*record, "fidelity", "digest"])
         entry = store.entry_from(steps.step(0).row, 0, store.logits_at(0))
         assert entry.params == store.entry_at(0).params
         assert sorted(entry.params.extra) == ["cutout_box", "cutout_fill"]

@@ -107,9 +107,9 @@ def _edit_attrs(path: Path, edit: dict[str, object]) -> None:
     ("edit", "error", "match"),
     [
         (
-            {"format_version": 3},
+            {"format_version": 4},
             UnsupportedVersionError,
-            r"format version 3, newer than this lpldstore reads \(up to 2\)",
+            r"format version 4, newer than this lpldstore reads \(up to 3\)",
         ),
         ({"format_version": 0}, FormatError, "format_version must be a positive integer"),
         ({"extra": 1}, FormatError, r"unknown root attribute\(s\) \['extra'\]"),

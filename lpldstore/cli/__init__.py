@@ -1,7 +1,7 @@
 """The ``lpldstore`` command line.
 
 One subcommand per whole-store tool: ``info``, ``verify``, ``card``, ``pack``, ``unpack``
-(:mod:`lpldstore.cli._store`), ``prune``, ``recode`` (:mod:`lpldstore.cli._derive`), ``import``,
+(:mod:`lpldstore.cli._store`), ``prune``, ``recode``, ``upgrade`` (:mod:`lpldstore.cli._derive`), ``import``,
 ``export`` (:mod:`lpldstore.cli._interop`). Each command imports what it needs when it runs, so
 reading a store never imports torch. ``--json`` output is a stable contract: keys are only ever
 added, never renamed or removed.

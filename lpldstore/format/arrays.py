@@ -41,13 +41,15 @@ __all__ = [
     "ARRAYS",
     "ArrayDecl",
     "Resolved",
+    "bound_fields",
     "entry_fields",
     "record_fields",
     "resolve",
+    "row_fields",
 ]
 
 Scope = Literal["image", "entry", "sample"]
-Role = Literal["images", "labels", "key", "indices", "param", "logits", "fidelity", "committed"]
+Role = Literal["images", "labels", "key", "indices", "param", "logits", "fidelity", "digest", "committed"]
 # image_block: as many images as fit about 4 MiB; whole: one chunk; block: layout.block_entries
 # entries; entry: one entry (the logits; sharded by block when the layout asks).
 Chunking = Literal["image_block", "whole", "block", "entry"]
@@ -182,6 +184,19 @@ _FIXED_TAIL = (
         fill_is_data=True,
     ),
     ArrayDecl(
+        path="pool/digest",
+        scope="entry",
+        dtype="uint8",
+        trailing=(2, 32),
+        chunking="block",
+        compression="small",
+        # All zeros is no SHA-256 anyone will meet: a lost chunk reads as a digest that fails.
+        fill_value=0,
+        dimension_names=("entry", "digest", "byte"),
+        role="digest",
+        since=3,
+    ),
+    ArrayDecl(
         path="pool/committed",
         scope="entry",
         dtype="bool",
@@ -275,5 +290,28 @@ def record_fields(attrs: StoreAttrs) -> tuple[str, ...]:
 
 
 def entry_fields(attrs: StoreAttrs) -> tuple[str, ...]:
-    """The block-buffered arrays that the writer fills per entry (the record, and fidelity if kept)."""
+    """The block-buffered arrays that the writer fills per entry: the record, fidelity and digests (if kept)."""
+    return tuple(
+        r.name for r in attrs.arrays.values() if r.decl.role in ("indices", "param", "fidelity", "digest")
+    )
+
+
+def bound_fields(attrs: StoreAttrs) -> tuple[str, ...]:
+    """The per-entry arrays that an entry digest covers besides the logits, in declaration order.
+
+    Every per-entry array but the key (the digest binds the planned key itself), the commit flag
+    (set after the digest is written) and the digest. Empty for stores before format version 3.
+    """
+    if "pool/digest" not in attrs.arrays:
+        return ()
     return tuple(r.name for r in attrs.arrays.values() if r.decl.role in ("indices", "param", "fidelity"))
+
+
+def row_fields(attrs: StoreAttrs) -> tuple[str, ...]:
+    """The per-entry arrays a reader reads for an entry besides its logits and flag.
+
+    The record (:func:`record_fields`) and, from format version 3, the other bound arrays and the
+    digests, so that the entry can be checked against its digest.
+    """
+    extra = ("digest",) if "pool/digest" in attrs.arrays else ()
+    return tuple(dict.fromkeys((*record_fields(attrs), *bound_fields(attrs), *extra)))

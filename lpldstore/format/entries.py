@@ -18,11 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from lpldstore.errors import ValidationError
+from lpldstore.format.arrays import bound_fields
 from lpldstore.format.augmentations import REGISTRY, BatchGeometry
+from lpldstore.format.integrity import DIGEST_BYTES, entry_digest, logits_digest
 from lpldstore.format.params import AugmentParams
 from lpldstore.format.schema import StoreAttrs
 
-__all__ = ["params_of", "record_problems"]
+__all__ = ["digest_row", "entry_digest_problem", "logits_digest_problem", "params_of", "record_problems"]
 
 
 def _holds_fill(values: npt.NDArray[Any], fill: Any) -> bool:
@@ -106,3 +108,71 @@ def _holds_only(values: npt.NDArray[Any], pad: Any) -> bool:
     if isinstance(pad, float) and math.isnan(pad):
         return bool(np.isnan(values).all())
     return bool((values == pad).all())
+
+
+# -- format version 3: digests -------------------------------------------------------------------
+
+
+def _logits_digest(attrs: StoreAttrs, epoch: int, batch: int, logits_row: npt.NDArray[Any]) -> bytes:
+    dtype = attrs.arrays["pool/logits"].dtype
+    return logits_digest(attrs.identity, epoch, batch, np.asarray(logits_row, dtype=dtype))
+
+
+def _entry_digest(attrs: StoreAttrs, epoch: int, batch: int, row: Mapping[str, Any], logits: bytes) -> bytes:
+    fields = [
+        (name, np.asarray(row[name], dtype=attrs.arrays[f"pool/{name}"].dtype))
+        for name in bound_fields(attrs)
+    ]
+    return entry_digest(attrs.identity, epoch, batch, fields, logits)
+
+
+def digest_row(
+    attrs: StoreAttrs, epoch: int, batch: int, row: Mapping[str, Any], logits_row: npt.NDArray[Any]
+) -> npt.NDArray[np.uint8]:
+    """The ``pool/digest`` row (2, 32) of entry (epoch, batch): logits digest, then entry digest.
+
+    ``row`` holds the entry's stored (padded) rows of :func:`lpldstore.format.arrays.bound_fields`,
+    ``logits_row`` its stored logits row; both exactly as written.
+    """
+    logits = _logits_digest(attrs, epoch, batch, logits_row)
+    entry = _entry_digest(attrs, epoch, batch, row, logits)
+    return np.frombuffer(logits + entry, dtype=np.uint8).reshape(2, DIGEST_BYTES).copy()
+
+
+def _missing(stored: npt.NDArray[Any]) -> bool:
+    return not np.asarray(stored).any()  # the fill value: no digest was ever written here
+
+
+def logits_digest_problem(
+    attrs: StoreAttrs, epoch: int, batch: int, logits_row: npt.NDArray[Any], stored: npt.NDArray[Any]
+) -> str | None:
+    """What is wrong with the stored logits row against the entry's stored digest row, or None."""
+    stored = np.asarray(stored, dtype=np.uint8)
+    if _missing(stored):
+        return "the entry's digest is missing (its pool/digest chunk is lost)"
+    if _logits_digest(attrs, epoch, batch, logits_row) != stored[0].tobytes():
+        return (
+            "the logits do not match the entry's digest: the chunk is not this entry's (moved, swapped or copied "
+            "from another store) or was changed"
+        )
+    return None
+
+
+def entry_digest_problem(
+    attrs: StoreAttrs, epoch: int, batch: int, row: Mapping[str, Any], stored: npt.NDArray[Any]
+) -> str | None:
+    """What is wrong with an entry's stored record rows against its stored digest row, or None.
+
+    The logits are bound through the stored logits digest (``stored[0]``), which
+    :func:`logits_digest_problem` checks against the logits themselves.
+    """
+    stored = np.asarray(stored, dtype=np.uint8)
+    if _missing(stored):
+        return "the entry's digest is missing (its pool/digest chunk is lost)"
+    if _entry_digest(attrs, epoch, batch, row, stored[0].tobytes()) != stored[1].tobytes():
+        names = ", ".join(f"pool/{n}" for n in bound_fields(attrs))
+        return (
+            f"the entry's arrays ({names}) do not match its digest: a chunk is not this entry's (moved, swapped "
+            "or copied from another store) or was changed"
+        )
+    return None

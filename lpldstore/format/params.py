@@ -278,7 +278,12 @@ def check_kernel_name(
     """
     if override:
         return
-    hint = "Replay with the recorded kernel, or pass override=True to accept pixels the teacher did not see."
+    # Users meet this through apply_params, LoaderConfig / PoolDataset and `lpld verify`, whose
+    # keyword is override_kernel (this function's own is `override`).
+    hint = (
+        "Replay with the recorded kernel, or pass override_kernel=True (apply_params, LoaderConfig, "
+        "PoolDataset; `lpld verify --override-kernel`) to accept pixels the teacher did not see."
+    )
     if stored_kernel != KERNEL:
         raise ConfigError(
             f"Expected a store made with the crop kernel {KERNEL!r}. Got {stored_kernel!r} instead. {hint}"

@@ -19,8 +19,12 @@ Strategies
 
 Batch composition
 -----------------
-Epoch ``e`` shuffles the images with a permutation drawn from ``(seed, e)`` alone and cuts it into
-consecutive batches. A short last batch is dropped (``last_batch="drop"``) or kept with fewer
+Epoch ``e`` shuffles the images with a permutation and cuts it into consecutive batches. The
+permutation comes from ``sampler``: ``lpldstore`` (the default) draws it from ``(seed, e)`` alone
+with NumPy; ``sre2l`` gives the ``e``-th permutation of ``torch.utils.data.RandomSampler`` with a
+``torch.Generator`` seeded ``seed`` and iterated once per epoch, as the SRe2L / CDA / LPLD relabel
+scripts draw their batches (``--fkd-seed 42``), computed here without torch, so that a store
+exports to those layouts exactly (``lpldstore export --to sre2l``). A short last batch is dropped (``last_batch="drop"``) or kept with fewer
 images (``last_batch="pad"``: the store pads it with -1). ``composition="explicit"`` records
 that the batches came from elsewhere (an imported label directory, say): the plan then fixes only
 how many images each batch holds.
@@ -32,7 +36,7 @@ import dataclasses
 import math
 from fractions import Fraction
 from functools import cached_property
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -40,11 +44,12 @@ import numpy.typing as npt
 from lpldstore.errors import ConfigError, EntryError
 from lpldstore.format.records import _Record
 
-__all__ = ["Composition", "LastBatch", "PruningPlan", "Strategy"]
+__all__ = ["Composition", "LastBatch", "PruningPlan", "Sampler", "Strategy"]
 
 Strategy = Literal["prefix", "random", "epoch"]
 LastBatch = Literal["drop", "pad"]
 Composition = Literal["seeded", "explicit"]
+Sampler = Literal["lpldstore", "sre2l"]
 
 # Distinct streams for the two random draws, so that changing the strategy never changes the
 # batch composition.
@@ -76,9 +81,14 @@ class PruningPlan(_Record):
         ``drop`` or ``pad`` a short last batch of an epoch.
     composition
         ``seeded`` (batches are a function of ``seed``) or ``explicit`` (given by the writer).
+    sampler
+        How a seeded composition draws each epoch's permutation: ``lpldstore`` or ``sre2l``
+        (torch's ``RandomSampler`` as the SRe2L family's relabel scripts use it; see the module
+        docstring). Written to the store only when it is not the default.
     """
 
     record_name: ClassVar[str] = "plan"
+    written_if_set: ClassVar[tuple[str, ...]] = ("sampler",)
 
     num_images: int
     batch_size: int
@@ -88,6 +98,7 @@ class PruningPlan(_Record):
     seed: int = 0
     last_batch: LastBatch = "drop"
     composition: Composition = "seeded"
+    sampler: Sampler = "lpldstore"
 
     def __post_init__(self) -> None:
         _int_field("num_images", self.num_images, 1)
@@ -110,9 +121,15 @@ class PruningPlan(_Record):
             ("strategy", self.strategy, get_args(Strategy)),
             ("last_batch", self.last_batch, get_args(LastBatch)),
             ("composition", self.composition, get_args(Composition)),
+            ("sampler", self.sampler, get_args(Sampler)),
         ):
             if value not in allowed:
                 raise ConfigError(f"plan.{name} must be one of {allowed}. Got {value!r} instead.")
+        if self.sampler != "lpldstore" and self.composition != "seeded":
+            raise ConfigError(
+                f"plan.sampler {self.sampler!r} draws a seeded composition. Got composition "
+                f"{self.composition!r} instead; use sampler='lpldstore' with explicit batches."
+            )
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"A plan with last_batch='drop' needs at least one full batch: num_images ({self.num_images}) "
@@ -216,11 +233,88 @@ class PruningPlan(_Record):
             raise EntryError("This plan's batch composition is explicit: read it from the store.")
         if not 0 <= epoch < self.epochs:
             raise EntryError(f"epoch must be in [0, {self.epochs}). Got {epoch} instead.")
+        if self.sampler == "sre2l":
+            return self._sre2l_permutation(epoch)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _COMPOSITION_STREAM, epoch]))
         return rng.permutation(self.num_images).astype(np.int64)
+
+    @cached_property
+    def _sre2l_memo(self) -> dict[str, Any]:
+        # Generator states at the start of epochs already reached, and the last permutation made:
+        # epoch e needs 2e(n-1) draws of the generator, so readers walking the epochs in order
+        # (writer, verify, export) pay for each epoch once.
+        return {"states": {}, "last": None}
+
+    def _sre2l_permutation(self, epoch: int) -> npt.NDArray[np.int64]:
+        memo = self._sre2l_memo
+        last = memo["last"]
+        if last is not None and last[0] == epoch:
+            return last[1]
+        state = torch_randperm_states(self.num_images, self.seed, epoch, memo["states"])
+        perm = _torch_randperm(self.num_images, state)
+        perm.flags.writeable = False
+        memo["last"] = (epoch, perm)
+        return perm
 
     def batch_indices(self, epoch: int, batch: int) -> npt.NDArray[np.int64]:
         """The image indices of batch ``batch`` of epoch ``epoch`` (no padding)."""
         length = self.batch_length(batch)
         start = batch * self.batch_size
         return self.epoch_permutation(epoch)[start : start + length]
+
+
+# -- torch's RandomSampler without torch ------------------------------------------------------------
+#
+# torch.Generator is a 32-bit Mersenne Twister seeded by MT19937's init_genrand, the same seeding
+# as NumPy's legacy RandomState(seed). torch.randperm(n, generator) on the CPU (n < 2**32 / 20)
+# starts from arange(n) and swaps r[i] with r[i + g() % (n - i)] for i < n - 1, one 32-bit draw
+# g() each. RandomSampler(range(n), generator) iterated once calls randperm(n) twice: once for
+# the epoch and once for the empty remainder (``randperm(n)[:0]``), so epoch e starts after
+# 2e(n - 1) draws. tests/test_plan.py checks this against torch for many sizes and epochs.
+
+_SKIP_CHUNK = 1 << 20
+
+
+def _mt19937(seed: int) -> np.random.MT19937:
+    bits = np.random.MT19937()
+    state: Any = np.random.RandomState(seed & 0xFFFFFFFF).get_state(legacy=False)
+    bits.state = state
+    return bits
+
+
+def torch_randperm_states(num_images: int, seed: int, epoch: int, memo: dict[int, Any]) -> Any:
+    """The generator state at the start of ``epoch`` of SRe2L's sampler over ``num_images`` images.
+
+    ``memo`` maps epochs to states already computed (it is filled in), so walking the epochs in
+    order costs one pass over the draws.
+    """
+    per_epoch = 2 * max(num_images - 1, 0)
+    start = max((e for e in memo if e <= epoch), default=None)
+    if start is None:
+        bits, start = _mt19937(seed), 0
+        memo[0] = bits.state
+    else:
+        bits = np.random.MT19937()
+        bits.state = memo[start]
+    for e in range(start + 1, epoch + 1):
+        left = per_epoch
+        while left:
+            step = min(left, _SKIP_CHUNK)
+            bits.random_raw(step)
+            left -= step
+        memo[e] = bits.state
+    return memo[epoch]
+
+
+def _torch_randperm(n: int, state: Any) -> npt.NDArray[np.int64]:
+    bits = np.random.MT19937()
+    bits.state = state
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    draws = bits.random_raw(n - 1)
+    offsets = (draws % (n - np.arange(n - 1, dtype=np.uint64))).tolist()
+    order = list(range(n))
+    for i, z in enumerate(offsets):
+        j = i + z
+        order[i], order[j] = order[j], order[i]
+    return np.asarray(order, dtype=np.int64)

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from lpldstore.errors import ConfigError, InteropError
 from lpldstore.format.params import AugmentParams
 from lpldstore.format.plan import LastBatch, PruningPlan
 from lpldstore.format.records import RelabelConfig
@@ -32,6 +33,7 @@ __all__ = [
     "PeerSource",
     "RecordProblem",
     "TopkRule",
+    "num_classes_of",
 ]
 
 # The SRe2L family and FKD replay crops on PIL images through torchvision's v1 functional API;
@@ -54,16 +56,21 @@ class RecordProblem(Exception):
 class ImportOptions:
     """Choices an import cannot read from the peer files.
 
-    ``output_size`` is the relabel crop size (224 in the ImageNet recipes); ``epochs`` the number
-    of augmentation epochs of the original run when the files are a pruned prefix of it (default:
-    the epochs present); ``temperature`` turns stored probabilities p back into logits T·log(p)
-    (HALD: its ``--temperature``, 20; FKD: 1); ``topk_rule`` is LPQLD's reconstruction (``mr``:
-    softmax over the k stored logits, ``ms``: stored probabilities); ``fkd_rule`` FKD's
-    ``Recover_soft_label`` mode; ``batch_size`` groups FKD's per-image files into entries; ``num_classes`` is needed
-    where only top-k ids are stored.
+    ``output_size`` is the relabel crop size (224 in the ImageNet recipes); None takes it from the
+    export sidecar or, failing that, from the images when they are square (the SRe2L family
+    relabels its distilled images at their own size), and refuses to guess otherwise. ``mean``,
+    ``std`` (the teacher's normalization; None: the sidecar's, else ImageNet's, said in the
+    report's notes) and ``teacher`` (a name) describe what the files cannot. ``epochs`` is the
+    number of augmentation epochs of the original run when the files are a pruned prefix of it
+    (default: the epochs present); ``temperature`` turns stored probabilities p back into logits
+    T·log(p) (HALD: its ``--temperature``, 20; FKD: 1); ``topk_rule`` is LPQLD's reconstruction
+    (``mr``: softmax over the k stored logits, ``ms``: stored probabilities); ``fkd_rule`` FKD's
+    ``Recover_soft_label`` mode; ``batch_size`` groups FKD's per-image files into entries;
+    ``num_classes`` is needed where only top-k ids are stored. ``ignore_sidecar`` reads an
+    exported directory as plain peer files.
     """
 
-    output_size: tuple[int, int] = (224, 224)
+    output_size: tuple[int, int] | None = None
     epochs: int | None = None
     temperature: float | None = None
     topk_rule: TopkRule = "mr"
@@ -71,6 +78,69 @@ class ImportOptions:
     batch_size: int | None = None
     num_classes: int | None = None
     dataset_name: str | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    teacher: str | None = None
+    ignore_sidecar: bool = False
+
+    def __post_init__(self) -> None:
+        def positive_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+        def triple(value: object) -> bool:
+            return (
+                isinstance(value, tuple)
+                and len(value) == 3
+                and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+                )
+            )
+
+        checks = [
+            (
+                self.output_size is None
+                or (
+                    isinstance(self.output_size, tuple)
+                    and len(self.output_size) == 2
+                    and all(positive_int(v) and v <= 32767 for v in self.output_size)
+                ),
+                "output_size (the relabel crop size) to be two integers in [1, 32767]",
+                self.output_size,
+            ),
+            *[
+                (
+                    getattr(self, k) is None or positive_int(getattr(self, k)),
+                    f"{k} to be a positive integer",
+                    getattr(self, k),
+                )
+                for k in ("epochs", "batch_size", "num_classes")
+            ],
+            (
+                self.temperature is None
+                or (
+                    isinstance(self.temperature, int | float)
+                    and math.isfinite(self.temperature)
+                    and self.temperature > 0
+                ),
+                "temperature to be a positive number",
+                self.temperature,
+            ),
+            (self.topk_rule in ("mr", "ms"), "topk_rule 'mr' or 'ms'", self.topk_rule),
+            (self.mean is None or triple(self.mean), "mean to be three finite numbers (R G B)", self.mean),
+            (
+                self.std is None or (triple(self.std) and all(v > 0 for v in self.std)),
+                "std to be three positive numbers (R G B)",
+                self.std,
+            ),
+            (
+                self.teacher is None or (isinstance(self.teacher, str) and bool(self.teacher)),
+                "a teacher name",
+                self.teacher,
+            ),
+        ]
+        for ok, what, got in checks:
+            if not ok:
+                raise ConfigError(f"Expected {what}. Got {got!r} instead.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -270,6 +340,12 @@ def mix_of(
         raise RecordProblem(f"expected mix_bbox as 4 integers, got {type(bbox).__name__}")
     box = []
     for v in bbox:
+        # Type first: np.asarray of an untrusted nested list could be arbitrarily large.
+        if (
+            not isinstance(v, int | np.integer | np.ndarray | torch.Tensor)
+            or (v.numel() if isinstance(v, torch.Tensor) else np.size(v)) != 1
+        ):
+            raise RecordProblem(f"expected mix_bbox as 4 integers, got an item of type {type(v).__name__}")
         arr = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
         if arr.size != 1 or arr.dtype.kind not in "iu":
             raise RecordProblem(f"expected mix_bbox as 4 integers, got {bbox!r}")
@@ -321,9 +397,11 @@ def topk_to_logits(
 def relabel_for(
     options: ImportOptions, *, mix: bool, teacher: str, crop_scale: tuple[float, float]
 ) -> RelabelConfig:
+    if options.output_size is None:
+        raise AssertionError("the importer resolves the output size before scanning")  # pragma: no cover
     return RelabelConfig(
         output_size=options.output_size,
-        teacher=teacher,
+        teacher=options.teacher or teacher,
         crop_scale=crop_scale,
         mix="cutmix" if mix else "none",
         seed=PEER_SEED,
@@ -354,6 +432,19 @@ def sre2l_record(
         mix_lam=lam,
         mix_box=box,
     )
+
+
+def num_classes_of(items: Any, where: str) -> int:
+    """The class count of a SRe2L-family record: the width of its logits (item 5), a 2-D tensor or array.
+
+    Checked by type and shape before any conversion: an untrusted nested list is never turned
+    into a tensor.
+    """
+    logits = items[5] if isinstance(items, list | tuple) and len(items) > 5 else None
+    if not isinstance(logits, torch.Tensor | np.ndarray) or logits.ndim != 2:
+        got = type(logits).__name__ if logits is not None else "no item 5"
+        raise InteropError(f"{where}: expected logits (item 5) as a 2-D tensor. Got {got} instead.")
+    return int(logits.shape[1])
 
 
 def record_length(items: Any) -> int:

@@ -1,7 +1,7 @@
 """FKD / FerKD: one file per image, ``<dir>/<class folder>/<image stem>.tar``.
 
-Each file is ``torch.save([coords, flip_status, labels])`` of NumPy arrays (``reference/
-peer-formats.md`` §7): ``coords`` (R, 4) normalized boxes, ``flip_status`` (R,), ``labels``
+Each file is ``torch.save([coords, flip_status, labels])`` of NumPy arrays
+(``docs/reference/peer-formats.md`` §7): ``coords`` (R, 4) normalized boxes, ``flip_status`` (R,), ``labels``
 (R, 2, k) with class ids in row 0 and top-k probabilities in row 1, for R crops of the image.
 FKD has no batches and no CutMix; a store needs them, so crop ``r`` of the images
 ``b·B .. b·B + B - 1`` (ImageFolder order) becomes entry (epoch ``r``, batch ``b``). The top-k

@@ -1,6 +1,6 @@
 """G-VBSM (and EDC's 7-item files): ``<dir>/epoch_<e>/batch_<b>.tar``, the ids inside each record.
 
-``[coords, flip, mix_index, mix_lam, mix_bbox, logits, index]`` (``reference/peer-formats.md``
+``[coords, flip, mix_index, mix_lam, mix_bbox, logits, index]`` (``docs/reference/peer-formats.md``
 §5): the logits are a teacher ensemble, item 6 is the batch's dataset ids, so the composition is
 read, not replayed. EDC's 8th item (patch-shuffle permutation) has no place in the lpldstore format
 and is reported as an unknown item.
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lpldstore.errors import InteropError
 from lpldstore.interop._common import (
     BatchRef,
     ImportOptions,
@@ -43,6 +44,12 @@ def _parse(items: Any, n: int, hw: tuple[int, int], num_images: int) -> PeerBatc
 
 def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     files, items, plan = scan_batch_files(src, images, options)
+    if isinstance(items, list | tuple) and len(items) == 6:
+        raise InteropError(
+            f"{files[min(files)]}: expected G-VBSM's 7-item records (the 7th the batch's dataset ids). Got 6 items: "
+            "the SRe2L layout, whose batches are replayed from the seed-42 sampler. Import it with --from sre2l "
+            "(or --from lpld with LPLD's sampler file)."
+        )
     n_images = len(images)
     refs = [
         BatchRef(

@@ -1,7 +1,7 @@
 """HALD: ``<dir>/epoch_<e>.tar`` (a list over the epoch's batches) + ``sampler_indices_dict.pt``.
 
 Each batch record is ``[coords fp16, flip, mix_index, mix_lam, mix_bbox, probs fp16]`` with
-``probs = softmax(ensemble logits / T)`` (``reference/peer-formats.md`` §6); the sidecar holds
+``probs = softmax(ensemble logits / T)`` (``docs/reference/peer-formats.md`` §6); the sidecar holds
 each epoch's permutation ``{"<e>": randperm(N)}``, cut into consecutive batches. Probabilities
 are stored as logits T·log(p) (T = ``--temperature``, HALD's default 20), so that
 ``softmax(logits / T)`` gives back HALD's targets; zero probabilities become the fill logit.
@@ -26,6 +26,7 @@ from lpldstore.interop._common import (
     PeerSource,
     RecordProblem,
     logits_of,
+    num_classes_of,
     prefix_plan,
     probs_to_logits,
     record_length,
@@ -148,7 +149,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
             teacher="unknown (HALD ensemble)",
             crop_scale=(0.08, 1.0),
         ),
-        num_classes=int(torch.as_tensor(first_epoch[0][5]).shape[1]),
+        num_classes=num_classes_of(first_epoch[0], str(epoch_files[min(epoch_files)].path)),
         refs=refs,
         notes={"composition": SIDECAR, "logits": f"{temperature:g} * log(stored probabilities)"},
     )

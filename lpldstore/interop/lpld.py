@@ -1,6 +1,6 @@
 """LPLD: ``<dir>/epoch_<e>/batch_<b>.tar`` plus ``sampler_indices_epoch.json``.
 
-Records are SRe2L's six items (``reference/peer-formats.md`` §3). The sidecar maps each epoch to
+Records are SRe2L's six items (``docs/reference/peer-formats.md`` §3). The sidecar maps each epoch to
 the image ids of its saved batches in load order, concatenated; batch ``b`` is the ``b``-th
 consecutive chunk of the batch size. Pruned runs (``--prune_ratio r``) drop the short last batch
 and keep only the first ``int(epochs * bpe * (1 - r))`` global batches, so the last epoch folder
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from lpldstore.errors import InteropError
 from lpldstore.format.plan import LastBatch
@@ -30,6 +31,7 @@ from lpldstore.interop._common import (
 from lpldstore.interop._images import ImageSet
 from lpldstore.interop.sre2l import (
     _check_problems,
+    check_six_items,
     epoch_batch_files,
     first_record,
     reader,
@@ -58,6 +60,7 @@ def _read_sidecar(path: Path) -> dict[str, list[int]]:
 def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     files = epoch_batch_files(src)
     items, batch_size = first_record(files)
+    check_six_items(items, files[min(files)], "lpld")
     n_images = len(images)
     sidecar = src / SIDECAR
     notes: dict[str, Any] = {}
@@ -112,7 +115,7 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     return source_of("lpld", plan, items, options, refs, teacher="unknown (LPLD import)", notes=notes)
 
 
-def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:
+def export(store: LabelStore, out: Path, exact_lams: dict[int, float], *, progress: bool = False) -> int:
     """Write LPLD's files and ``sampler_indices_epoch.json`` for the store's kept prefix."""
     plan = store.plan
     meta = store.metadata()
@@ -126,7 +129,7 @@ def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:
             "keeps a random sample. Re-prune it with strategy 'prefix' or 'epoch' first."
         )
     ids_by_epoch: dict[str, list[int]] = {}
-    for pos, (e, b) in enumerate(store.keys):
+    for pos, (e, b) in enumerate(tqdm(store.keys, desc="export lpld", unit="batch", disable=not progress)):
         n = plan.batch_length(int(b))
         ids_by_epoch.setdefault(str(int(e)), []).extend(int(i) for i in meta.indices[pos, :n])
         folder = out / f"epoch_{int(e)}"

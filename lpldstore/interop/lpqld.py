@@ -1,6 +1,6 @@
 """LPQLD: flat ``<dir>/batch_<g>.tar`` (g counts batches across epochs) + ``sampler_indices_batch.json``.
 
-Records (``reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
+Records (``docs/reference/peer-formats.md`` §4): ``[coords fp16, flip, mix_index uint8, mix_lam,
 mix_bbox (4 uint8 tensors), logits fp16]``, or with ``--label_quantization`` the tail
 ``topk_values, topk_ids`` (7 items). Top-k records are expanded to dense logits by the rule of
 :func:`~lpldstore.interop._common.topk_to_logits` (``mr`` by default). The sidecar maps each global
@@ -90,8 +90,10 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         raise InteropError(f"Expected {SIDECAR} in {src} (LPQLD's batch composition). Got none.")
     try:
         by_batch = {int(k): v for k, v in json.loads(sidecar.read_text()).items()}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InteropError(f'{sidecar}: expected {{"<global batch>": [image ids]}} ({exc}).') from exc
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
+        raise InteropError(
+            f'{sidecar}: expected {{"<global batch>": [image ids]}} ({type(exc).__name__}).'
+        ) from None
     files = {int(m.group(1)): f for f in src.iterdir() if (m := _BATCH.fullmatch(f.name))}
     if not files:
         raise InteropError(f"Expected batch_<g>.tar files in {src}. Got none.")
@@ -120,7 +122,13 @@ def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
         e, b = divmod(g, bpe)
         ids = by_batch.get(g)
         n = plan.batch_length(b) if b < bpe else -1
-        if ids is None or len(ids) != n or min(ids) < 0 or max(ids) >= n_images:
+        if (
+            not isinstance(ids, list)
+            or not all(isinstance(i, int) for i in ids)
+            or len(ids) != n
+            or min(ids) < 0
+            or max(ids) >= n_images
+        ):
             problems.append(f"{sidecar}: global batch {g} has no list of {n} image ids in [0, {n_images})")
             continue
         refs.append(

@@ -1,7 +1,7 @@
 """SRe2L / CDA (and CV-DD, FADRM, D4M): ``<dir>/epoch_<e>/batch_<b>.tar``, no sidecar.
 
 Each file is ``torch.save([coords, flip, mix_index, mix_lam, mix_bbox, logits])`` of one batch
-(``reference/peer-formats.md`` §2). The files carry no image ids: the composition is replayed
+(``docs/reference/peer-formats.md`` §2). The files carry no image ids: the composition is replayed
 from the writer's sampler (seed 42, ``RandomSampler`` + ``BatchSampler(drop_last=False)``, one
 generator over all epochs), as SRe2L's own reader does. The last batch of an epoch is short.
 """
@@ -9,7 +9,6 @@ generator over all epochs), as SRe2L's own reader does. The last batch of an epo
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -18,16 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lpldstore.errors import InteropError
 from lpldstore.format.plan import PruningPlan
 from lpldstore.interop._common import (
+    PEER_SEED,
     BatchRef,
     ImportOptions,
     PeerBatch,
     PeerSource,
     RecordProblem,
     normalized_coords,
+    num_classes_of,
     prefix_plan,
     record_length,
     relabel_for,
@@ -38,7 +40,7 @@ from lpldstore.interop._images import ImageSet
 from lpldstore.interop._safe_load import safe_torch_load
 from lpldstore.storage.reader import LabelStore
 
-__all__ = ["epoch_batch_files", "export", "first_record", "scan", "store_record"]
+__all__ = ["check_six_items", "epoch_batch_files", "export", "first_record", "scan", "store_record"]
 
 _EPOCH = re.compile(r"epoch_(\d+)")
 _BATCH = re.compile(r"batch_(\d+)\.tar")
@@ -69,6 +71,20 @@ def first_record(files: dict[tuple[int, int], Path]) -> tuple[Any, int]:
         return items, record_length(items)
     except RecordProblem as exc:
         raise InteropError(f"{files[min(files)]}: {exc}") from exc
+
+
+def check_six_items(items: Any, path: Path, layout: str) -> None:
+    """Refuse another family member's records early, naming the ``--from`` that reads them."""
+    if isinstance(items, list | tuple) and len(items) == 7:
+        raise InteropError(
+            f"{path}: expected {layout}'s 6-item records. Got 7 items, the 7th the batch's dataset ids: "
+            "G-VBSM's layout. Import it with --from gvbsm."
+        )
+    if isinstance(items, list | tuple) and len(items) == 8:
+        raise InteropError(
+            f"{path}: expected {layout}'s 6-item records. Got 8 items (EDC's layout, with a patch-shuffle "
+            "permutation), which lpldstore does not import."
+        )
 
 
 def _check_problems(problems: list[str]) -> None:
@@ -118,7 +134,7 @@ def source_of(
         layout=layout,
         plan=plan,
         relabel=relabel_for(options, mix=items[2] is not None, teacher=teacher, crop_scale=(0.08, 1.0)),
-        num_classes=int(torch.as_tensor(items[5]).shape[1]),
+        num_classes=num_classes_of(items, f"{layout} record"),
         refs=refs,
         notes=notes,
     )
@@ -126,6 +142,7 @@ def source_of(
 
 def scan(src: Path, images: ImageSet, options: ImportOptions) -> PeerSource:
     files, items, plan = scan_batch_files(src, images, options)
+    check_six_items(items, files[min(files)], "sre2l")
     composition = list(replay_sampler(len(images), plan.batch_size, plan.epochs))
     refs = []
     for e, b in sorted(files):
@@ -167,7 +184,7 @@ def store_record(store: LabelStore, position: int, exact_lams: dict[int, float])
     return [coords, flips, mix_index, lam, box, logits]
 
 
-def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:
+def export(store: LabelStore, out: Path, exact_lams: dict[int, float], *, progress: bool = False) -> int:
     """Write ``out/epoch_<e>/batch_<b>.tar``; the composition must be SRe2L's seed-42 replay."""
     plan = store.plan
     meta = store.metadata()
@@ -175,24 +192,35 @@ def export(store: LabelStore, out: Path, exact_lams: dict[int, float]) -> int:
         raise InteropError(
             f"{store.where}: expected a complete store. Got {int((~meta.committed).sum())} uncommitted entries."
         )
+    to_lpld = (
+        "Export it with --to lpld, whose sampler file carries the batches, or make the store with "
+        "PruningPlan(sampler='sre2l', seed=42, last_batch='pad') to export it to SRe2L exactly."
+    )
     if plan.last_batch != "pad" and plan.num_images % plan.batch_size:
         raise InteropError(
-            f"{store.where}: SRe2L files keep the short last batch (drop_last=False); this store drops it. "
-            "Export with --to lpld, whose sidecar carries the batches."
+            f"{store.where}: SRe2L files keep the short last batch (drop_last=False); this store drops it. {to_lpld}"
         )
-    replay = list(
-        replay_sampler(
-            plan.num_images, plan.batch_size, math.ceil(store.num_entries / plan.batches_per_epoch)
+    if plan.strategy == "random":
+        raise InteropError(
+            f"{store.where}: SRe2L readers need every batch of each epoch they train on; this store keeps a random "
+            "sample of them. Re-prune it with strategy 'prefix' or 'epoch', or export with --to lpld."
         )
-    )
-    for pos, (e, b) in enumerate(store.keys):
-        n = plan.batch_length(int(b))
-        if not np.array_equal(meta.indices[pos, :n], replay[int(e)][int(b)]):
-            raise InteropError(
-                f"{store.where}: entry (epoch={e}, batch={b}) holds other images than SRe2L's seed-42 sampler "
-                "draws, and SRe2L readers re-derive batches from that sampler. Export with --to lpld instead."
+    # A seeded SRe2L-sampler plan holds these batches by construction (the writer checks every
+    # entry's indices against the plan); anything else is compared with the replay, entry by entry.
+    if not (plan.composition == "seeded" and plan.sampler == "sre2l" and plan.seed == PEER_SEED):
+        replay = list(
+            replay_sampler(
+                plan.num_images, plan.batch_size, int(store.keys[-1][0]) + 1 if store.num_entries else 0
             )
-    for pos, (e, b) in enumerate(store.keys):
+        )
+        for pos, (e, b) in enumerate(store.keys):
+            n = plan.batch_length(int(b))
+            if not np.array_equal(meta.indices[pos, :n], replay[int(e)][int(b)]):
+                raise InteropError(
+                    f"{store.where}: entry (epoch={e}, batch={b}) holds other images than SRe2L's seed-42 sampler "
+                    f"draws, and SRe2L readers re-derive batches from that sampler. {to_lpld}"
+                )
+    for pos, (e, b) in enumerate(tqdm(store.keys, desc="export sre2l", unit="batch", disable=not progress)):
         folder = out / f"epoch_{int(e)}"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(store_record(store, pos, exact_lams), os.fspath(folder / f"batch_{int(b)}.tar"))

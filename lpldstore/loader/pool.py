@@ -55,8 +55,9 @@ import torch.utils.data
 
 from lpldstore.augment import apply_params
 from lpldstore.errors import ConfigError, EntryError
-from lpldstore.format.params import check_kernel_name
+from lpldstore.format.params import AugmentParams, check_kernel_name
 from lpldstore.format.plan import PruningPlan
+from lpldstore.format.records import RelabelConfig
 from lpldstore.loader import _damage
 from lpldstore.loader.schedule import Policy, check_policy, epoch_schedule, rank_share
 from lpldstore.storage._open import StoreLike
@@ -146,18 +147,40 @@ class LoaderConfig:
 class PoolBatch:
     """One training batch of ``n`` samples.
 
-    ``images`` float32 (n, 3, h, w) normalized with the store's mean/std; ``logits`` float32
-    (n, num_classes); ``keys`` int64 (n, 2): the (epoch, batch) of the stored entry each sample
-    came from; ``labels`` int64 (n,) hard labels of the source images, when asked for.
+    ``images`` float32 (n, 3, h, w) normalized with the store's mean/std, CutMix applied;
+    ``logits`` float32 (n, num_classes), the teacher's logits of exactly these mixed images;
+    ``keys`` int64 (n, 2): the (epoch, batch) of the stored entry each sample came from;
+    ``mix_lam`` float32 (n,): the fraction of each sample's pixels that come from its own source
+    image (1 - CutMix box area / image area; 1 without mixing), the weight a mixed hard-label
+    loss gives ``labels`` against ``partner_labels``; ``labels`` int64 (n,) the hard labels of
+    the source images and ``partner_labels`` int64 (n,) those of the images pasted into them,
+    when the loader was asked for labels.
     """
 
     images: torch.Tensor
     logits: torch.Tensor
     keys: torch.Tensor
+    mix_lam: torch.Tensor
     labels: torch.Tensor | None = None
+    partner_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def _map(self, fn: Any) -> PoolBatch:
+        mapped: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            mapped[f.name] = None if value is None else fn(value)
+        return PoolBatch(**mapped)
+
+    def to(self, device: str | torch.device, *, non_blocking: bool = False) -> PoolBatch:
+        """The same batch with every tensor on ``device`` (``non_blocking`` as ``Tensor.to``)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> PoolBatch:
+        """The same batch in pinned host memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return self._map(lambda t: t.pin_memory())
 
 
 class _Replayer:
@@ -199,16 +222,17 @@ class _Replayer:
         entry = store.entry_from(step.row, step.position, store.logits_at(step.position))
         info = store.dataset
         n, (height, width) = len(entry), store.relabel.output_size
-        # The pixels and the logits share one float32 buffer: a worker hands the main process one
-        # shared-memory segment per step, not one per tensor (about 0.8 ms of CPU less per step);
-        # the key travels as two integers (_with_keys expands it).
-        pixels = n * 3 * height * width
-        flat = torch.empty(pixels + entry.logits.size, dtype=torch.float32, device=self.device)
-        logits = flat[pixels:].view(entry.logits.shape)
+        # The pixels, the logits and the CutMix fractions share one float32 buffer: a worker hands
+        # the main process one shared-memory segment per step, not one per tensor (each tensor is
+        # its own segment and file descriptor); the key travels as two integers (_with_keys).
+        pixels, classes = n * 3 * height * width, entry.logits.size
+        flat = torch.empty(pixels + classes + n, dtype=torch.float32, device=self.device)
+        logits = flat[pixels : pixels + classes].view(entry.logits.shape)
         if self.device.type == "cpu":  # float16 -> float32 is exact
             logits.numpy()[...] = entry.logits
         else:
             logits.copy_(torch.from_numpy(np.array(entry.logits, dtype=np.float32)).to(self.device))
+        mix_lam = flat[pixels + classes :].fill_(_own_fraction(entry.params, store.relabel))
         # The replay reads each sample's source image by its index: no gathered copy of the batch.
         images = apply_params(
             self.images,
@@ -220,10 +244,25 @@ class _Replayer:
             indices=entry.indices,
             out=flat[:pixels].view(n, 3, height, width),
         )
-        out: dict[str, Any] = {"images": images, "logits": logits, _KEY: (entry.epoch, entry.batch)}
+        out: dict[str, Any] = {
+            "images": images,
+            "logits": logits,
+            "mix_lam": mix_lam,
+            _KEY: (entry.epoch, entry.batch),
+        }
         if self.labels is not None:
-            out["labels"] = self.labels.index_select(0, torch.from_numpy(entry.indices).to(self.device))
+            labels = self.labels.index_select(0, torch.from_numpy(entry.indices).to(self.device))
+            out["labels"] = labels
+            partners = torch.tensor(entry.params.mix_index, dtype=torch.int64, device=self.device)
+            out["partner_labels"] = labels.index_select(0, partners)
         return out
+
+
+def _own_fraction(params: AugmentParams, relabel: RelabelConfig) -> float:
+    """CutMix's label weight of a sample's own image: 1 - (pasted box area) / (output area)."""
+    top, left, bottom, right = params.mix_box
+    out_h, out_w = relabel.output_size
+    return 1.0 - max(bottom - top, 0) * max(right - left, 0) / (out_h * out_w)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
@@ -485,7 +524,12 @@ class PoolLoader:
         for item in stream:
             self._step += 1
             yield PoolBatch(
-                images=item["images"], logits=item["logits"], keys=item["keys"], labels=item.get("labels")
+                images=item["images"],
+                logits=item["logits"],
+                keys=item["keys"],
+                mix_lam=item["mix_lam"],
+                labels=item.get("labels"),
+                partner_labels=item.get("partner_labels"),
             )
 
     # -- resuming ------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ Policies
     one entry, whose lengths then differ.
 ``sequential``
     The whole pool in store order.
+``stored``
+    Training epoch ``e`` replays stored epoch ``e``, its kept entries in batch order: what the
+    SRe2L / CDA reader (``train_FKD.py``) does with its label files, each stored epoch once. An
+    epoch the store keeps no entry of is refused, as SRe2L refuses ``--epochs`` beyond the
+    stored ones; a prefix plan's last kept epoch may be partial.
 
 Distributed sharing: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule padded by
 wrapping around to a multiple of ``w``, so every rank has the same number of steps and the union
@@ -31,11 +36,11 @@ from lpldstore.format.plan import PruningPlan
 
 __all__ = ["Policy", "epoch_schedule", "rank_share"]
 
-Policy = Literal["ilp", "epoch", "sequential"]
+Policy = Literal["ilp", "epoch", "sequential", "stored"]
 
 # Keeps the loader's draws apart from the plan's and the augmentations' streams for equal seeds.
 _LOADER_STREAM = 0x4C4F4144
-_POLICY_STREAM = {"ilp": 0, "epoch": 1, "sequential": 2}
+_POLICY_STREAM = {"ilp": 0, "epoch": 1, "sequential": 2, "stored": 3}
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -82,6 +87,15 @@ def epoch_schedule(
         chosen = rng.choice(stored_epochs(plan))
         # kept_keys is sorted by (epoch, batch), so the matching positions are in batch order.
         out = np.flatnonzero(plan.kept_keys[:, 0] == chosen).astype(np.int64)
+    elif policy == "stored":
+        out = np.flatnonzero(plan.kept_keys[:, 0] == epoch).astype(np.int64)
+        if not out.size:
+            held = np.unique(plan.kept_keys[:, 0])
+            raise ConfigError(
+                f"Expected a training epoch the store holds labels for with policy 'stored'. Got epoch {epoch}, "
+                f"of which the store keeps no entry (it holds {held.size} epochs, the last {int(held[-1])}). "
+                "Train fewer epochs, or use policy 'ilp' or 'epoch', which reuse the stored epochs."
+            )
     else:
         out = np.arange(plan.num_kept, dtype=np.int64)
     out.flags.writeable = False

@@ -3,21 +3,22 @@
 zarr-python 3.1 runs every read and write as a coroutine on its own I/O thread, and its
 compressors in a thread pool: each call hands the work to another thread and waits for it. On an
 idle machine that costs a fraction of a millisecond; on a loaded one the waiting thread gets the
-GIL back only at the interpreter's switch interval, and one 256 KB logits chunk took 2-6 ms to
-write and 1-2 ms to read through zarr where this module takes 0.6 and 0.6 ms (measured with
-``benchmarks/writer.py`` and ``benchmarks/reader.py``, docs/codecs.md).
+GIL back only at the interpreter's switch interval, and a writer spent most of an entry waiting
+(docs/codecs.md, "Writing and reading speed").
 
-For an unsharded array of a store with synchronous methods (zarr's ``LocalStore`` and
-``MemoryStore`` from zarr 3.1.6), one entry's logits are exactly one chunk, so :class:`ChunkIO`
-encodes it with the array's own codec objects (the code zarr itself runs: the bytes on disk are
-identical, crc32c included) and writes it with the store's synchronous ``set_sync`` (atomic, as
-zarr's own write). Everything else (sharded arrays, zip and remote stores, older zarr) goes
-through zarr: :meth:`ChunkIO.of` returns None and callers keep zarr's path.
+For an unsharded array whose chunks span every axis but the first (one entry's logits, one
+block of a per-entry array), :class:`ChunkIO` encodes a chunk with the array's own codec objects
+(the code zarr itself runs: the bytes on disk are identical, crc32c included, tested) and hands
+it to the store's synchronous ``set_sync``; reads use ``get_sync`` and decode with the same
+numcodecs decoders zarr calls. lpldstore opens every local store as a ``BoundedStore`` over
+``LocalFiles`` (``lpldstore.storage._safe``), whose synchronous methods apply the same bounds,
+link refusals and compression-header checks as its asynchronous ones, and atomic writes.
+Everything else (sharded arrays, zip and remote stores, a zarr without synchronous store
+methods) goes through zarr: :meth:`ChunkIO.of` returns None and callers keep zarr's path.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,6 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import LocalStore
 
 __all__ = ["ChunkIO"]
 
@@ -53,7 +53,6 @@ class ChunkIO:
         self._rows = self._chunk_shape[0]
         self._fill = array.fill_value
         self._stored_dtype, self._lean = _lean_decoder(pipeline, np.dtype(array.dtype))
-        self._root = os.fspath(store.root) if isinstance(store, LocalStore) else None
         self._shape = tuple(array.shape)
         self._encode_key = array.metadata.encode_chunk_key
         self._tail = (0,) * (array.ndim - 1)
@@ -75,6 +74,8 @@ class ChunkIO:
             and tuple(array.chunks[1:]) == tuple(array.shape[1:])
             and callable(getattr(store, "get_sync", None))
             and (not write or callable(getattr(store, "set_sync", None)))
+            # lpldstore's BoundedStore: only over a local directory, with the same checks as zarr's path.
+            and getattr(store, "sync_chunks", True)
             and pipeline is not None
             and not getattr(pipeline, "array_array_codecs", (None,))
             and all(
@@ -121,15 +122,6 @@ class ChunkIO:
     def read_or_none(self, index: int) -> npt.NDArray[Any] | None:
         """As :meth:`read`, but None where the chunk does not exist (no file: never written, or lost)."""
         rows = self._extent(index)
-        if self._root is not None and self._lean is not None:
-            try:  # LocalStore.get_sync without its pathlib and buffer objects: the same file read
-                with open(os.path.join(self._root, self._key(index)), "rb") as f:
-                    data = f.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                return None
-            for step in self._lean:
-                data = step(data)
-            return np.frombuffer(data, dtype=self._stored_dtype).reshape(self._chunk_shape)[:rows]
         buf: Any = self._store.get_sync(self._key(index), prototype=self._proto)
         if buf is None:
             return None

@@ -29,6 +29,7 @@ from zarr.core.sync import sync
 
 from lpldstore.errors import FormatError, LpldStoreError, NotAStoreError, StoreDamagedError
 from lpldstore.format.arrays import ALL_PATHS
+from lpldstore.storage._safe import describe_error
 
 # Every codec that the format writes; anything else (numcodecs.pickle, vlen codecs, codecs
 # that packages register by entry point) is refused by name before zarr resolves it.
@@ -66,16 +67,18 @@ def _read_json(store: Store, key: str, where: str) -> dict[str, Any] | None:
         sync(store._ensure_open())  # a ZipStore opens its file lazily, on zarr's first request
         buf = sync(store.get(key, prototype=default_buffer_prototype()))
     except READ_ERRORS as exc:
-        raise StoreDamagedError(f"{where}: '{key}' could not be read ({exc}).") from exc
+        raise StoreDamagedError(f"{where}: '{key}' could not be read ({describe_error(exc)}).") from exc
     if buf is None:
         return None
     try:
         doc = json.loads(buf.to_bytes())
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # The parser's message quotes no content, only where it stopped.
+        reason = f"at byte {exc.pos}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
         raise FormatError(
-            f"{where}: '{key}' is not valid JSON ({exc}). The metadata is damaged; restore the store from "
+            f"{where}: '{key}' is not valid JSON ({reason}). The metadata is damaged; restore the store from "
             "its source."
-        ) from exc
+        ) from None
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: '{key}' must hold a JSON object. Got {type(doc).__name__} instead.")
     return doc
@@ -179,15 +182,20 @@ def check_array_metadata(meta: Any, array: str, where: str) -> None:
         raise FormatError(f"{where}: array '{array}' has an unknown chunk key encoding {key_encoding!r}.")
 
 
-def check_store_metadata(store: Store, where: str) -> dict[str, Any]:
-    """Check the raw metadata that zarr is about to parse; returns the root document.
+_GROUP_DOC = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+_EMPTY_CONSOLIDATED = {"kind": "inline", "must_understand": False, "metadata": {}}
 
-    With consolidated metadata (every store that lpldstore writes) zarr reads only the root
-    ``zarr.json``, so only it is read here: opening a remote store stays one request.
+
+def read_root(store: Store, where: str) -> dict[str, Any]:
+    """The root ``zarr.json`` as checked JSON: a Zarr v3 group with an attributes object.
+
+    Raises :class:`NotAStoreError` when there is none or it is not a Zarr v3 group.
     """
     root = _read_json(store, "zarr.json", where)
     if root is None:
-        return {}  # nothing there: open_root names it as "not a store"
+        raise NotAStoreError(
+            f"{where} holds no Zarr v3 group (no zarr.json), so it is not an lpldstore store."
+        )
     if root.get("zarr_format") != 3 or root.get("node_type") != "group":
         raise NotAStoreError(
             f"{where}: the root zarr.json is not a Zarr v3 group (zarr_format={root.get('zarr_format')!r}, "
@@ -195,23 +203,97 @@ def check_store_metadata(store: Store, where: str) -> dict[str, Any]:
         )
     if not isinstance(root.get("attributes", {}), dict):
         raise FormatError(f"{where}: the root attributes must be a JSON object.")
+    return root
+
+
+def _differences(got: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(got) | set(expected))
+    return [k for k in keys if k not in got or k not in expected or got[k] != expected[k]]
+
+
+def check_group_doc(doc: Any, path: str, where: str) -> None:
+    """Refuse a group node (``images``, ``pool``) other than an empty Zarr v3 group."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{where}: the metadata of group '{path}' is malformed.")
+    consolidated = doc.get("consolidated_metadata")
+    if consolidated is not None and consolidated != _EMPTY_CONSOLIDATED:
+        raise FormatError(f"{where}: group '{path}' carries consolidated metadata of its own.")
+    plain = {k: v for k, v in doc.items() if k != "consolidated_metadata"}
+    if plain != _GROUP_DOC:
+        raise FormatError(
+            f"{where}: group '{path}' should be a plain Zarr v3 group; its fields {_differences(plain, _GROUP_DOC)} "
+            "differ."
+        )
+
+
+def check_declared_array(doc: Any, path: str, expected: Mapping[str, Any], version: int, where: str) -> None:
+    """The allow-list checks, then: ``doc`` must equal what lpldstore writes for this array, field for field.
+
+    Fill values, codecs, chunk grid and data type are pinned by the declaration; a store's own
+    metadata never chooses them.
+    """
+    check_array_metadata(doc, path, where)
+    fields = _differences(doc, expected)
+    if fields:
+        shown = ", ".join(
+            f"{k}={doc.get(k, '(absent)')!r:.80} (expected {expected.get(k, '(absent)')!r:.80})"
+            for k in fields[:3]
+        )
+        raise FormatError(
+            f"{where}: array '{path}' does not have the metadata that format version {version} declares for it: "
+            f"{shown}. The store was altered or not written by lpldstore; it is refused before any of its data is "
+            "read."
+        )
+
+
+def check_nodes(
+    store: Store,
+    root: Mapping[str, Any],
+    expected: Mapping[str, Mapping[str, Any]],
+    version: int,
+    where: str,
+) -> dict[str, bytes]:
+    """Check every node's metadata against the declaration; returns the vetted documents to pin.
+
+    ``expected`` maps each array this store must hold to its metadata document
+    (:func:`lpldstore.storage._arrays.expected_metadata`). With consolidated metadata (every store
+    lpldstore writes) the nodes it lists must be exactly the declared ones: a node it adds (an
+    undeclared array, a path such as ``../outside``) is refused. Without it, each declared node's
+    own ``zarr.json`` is read, vetted and pinned, so that zarr parses exactly what was checked.
+    """
+    groups = {p.rpartition("/")[0] for p in expected}
     consolidated = root.get("consolidated_metadata")
     if consolidated is not None:
         nodes = consolidated.get("metadata") if isinstance(consolidated, dict) else None
-        if not isinstance(nodes, dict):
+        if not isinstance(nodes, dict) or set(consolidated) != {"kind", "must_understand", "metadata"}:
             raise FormatError(f"{where}: the consolidated metadata in zarr.json is malformed.")
+        undeclared = sorted(set(nodes) - set(expected) - groups)
+        if undeclared:
+            raise FormatError(
+                f"{where}: the consolidated metadata lists node(s) {[u[:80] for u in undeclared[:5]]} that format "
+                f"version {version} does not declare for this store. Only the store's own nodes are read."
+            )
+        for path in sorted(groups):
+            if path not in nodes:
+                raise FormatError(f"{where}: group '{path}' is missing from the consolidated metadata.")
+            check_group_doc(nodes[path], path, where)
         for path, meta in nodes.items():
-            if not isinstance(meta, dict):
-                raise FormatError(f"{where}: consolidated metadata of '{path}' is malformed.")
-            if meta.get("node_type") == "group":
-                continue
-            check_array_metadata(meta, path, where)
-        return root
-    for path in ALL_PATHS:
-        meta = _read_json(store, f"{path}/zarr.json", where)
-        if meta is not None:  # a missing array is named by check_arrays
-            check_array_metadata(meta, path, where)
-    return root
+            if path in expected:
+                check_declared_array(meta, path, expected[path], version, where)
+        return {}
+    pinned: dict[str, bytes] = {}
+    # ALL_PATHS, in declaration order: the arrays of every version, as the guard has always vetted.
+    for path in (*sorted(groups), *(p for p in ALL_PATHS if p in expected)):
+        key = f"{path}/zarr.json"
+        meta = _read_json(store, key, where)
+        if meta is None:
+            continue  # a missing node: check_arrays names it
+        if path in groups:
+            check_group_doc(meta, path, where)
+        else:
+            check_declared_array(meta, path, expected[path], version, where)
+        pinned[key] = json.dumps(meta).encode()
+    return pinned
 
 
 def _without_consolidated(doc: Any) -> Any:
@@ -248,26 +330,60 @@ def stale_array_metadata(store: Store, where: str, required: Iterable[str]) -> l
     return found
 
 
-def check_zip_members(path: Path) -> None:
-    """Refuse a zip whose members name absolute paths, parent directories or drive letters.
+def check_zip_infos(
+    infos: Iterable[zipfile.ZipInfo], where: str, archive_bytes: int | None
+) -> dict[str, int]:
+    """Check the members of a zipped store; returns each file member's size by name.
 
-    lpldstore never extracts a zip, but a tool that does would write outside its target; such an
-    archive was not made by packing a store and is refused as a whole.
+    Refused as a whole: members naming absolute paths, parent directories or drive letters (a
+    tool that extracts would write outside its target), duplicate names (zip readers disagree on
+    which one wins), links, and members that are compressed or whose sizes do not add up (a
+    packed store is ``ZIP_STORED``: a deflated member could inflate to any size).
     """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise StoreDamagedError(
-            f"{path} is not a readable zip file ({exc}); it is truncated or damaged. Download or pack it again."
-        ) from exc
-    for name in names:
+    sizes: dict[str, int] = {}
+    total = 0
+    for info in infos:
+        name = info.filename
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
             raise FormatError(
-                f"{path}: zip member {name!r} names a path outside the store (absolute or with '..'). "
+                f"{where}: zip member {name!r} names a path outside the store (absolute or with '..'). "
                 "A packed store holds only relative paths; this archive is refused."
             )
+        if info.is_dir():
+            continue
+        if name in sizes:
+            raise FormatError(f"{where}: zip member {name!r} appears twice; this archive is refused.")
+        if (info.external_attr >> 16) & 0o170000 not in (0, 0o100000):
+            raise FormatError(
+                f"{where}: zip member {name!r} is a link or special file; this archive is refused."
+            )
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise FormatError(
+                f"{where}: zip member {name!r} is compressed ({info.compress_size:,} bytes for {info.file_size:,}); "
+                "a packed store stores its members as they are (chunks are compressed already). Refused, so that "
+                "no member can inflate beyond its size in the archive."
+            )
+        sizes[name] = info.file_size
+        total += info.file_size
+    if archive_bytes is not None and total > archive_bytes:
+        raise FormatError(
+            f"{where}: the zip's members claim {total:,} bytes, more than the {archive_bytes:,} bytes of the archive."
+        )
+    return sizes
+
+
+def check_zip_members(path: Path) -> dict[str, int]:
+    """:func:`check_zip_infos` of the zip file at ``path``; a damaged zip is StoreDamagedError."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise StoreDamagedError(
+            f"{path} is not a readable zip file ({describe_error(exc)}); it is truncated or damaged. Download or "
+            "pack it again."
+        ) from exc
+    return check_zip_infos(infos, str(path), path.stat().st_size)
 
 
 def _chunk_exists(array: zarr.Array, coords: tuple[int, ...]) -> bool:

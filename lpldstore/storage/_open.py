@@ -11,10 +11,12 @@ from typing import Any
 
 import zarr
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore, ZipStore
+from zarr.storage import FsspecStore, ZipStore
 
-from lpldstore.errors import FormatError, NotAStoreError
-from lpldstore.storage._guard import READ_ERRORS, check_zip_members
+from lpldstore.errors import FormatError, LpldStoreError, NotAStoreError, StoreDamagedError
+from lpldstore.storage._backends import check_url_backend
+from lpldstore.storage._guard import READ_ERRORS, check_zip_infos, check_zip_members
+from lpldstore.storage._safe import BoundedStore, LocalFiles, describe_error
 
 StoreLike = str | os.PathLike[str]
 
@@ -25,22 +27,27 @@ def is_url(source: StoreLike) -> bool:
 
 def open_zarr_store(
     source: StoreLike, *, read_only: bool = True, storage_options: Mapping[str, Any] | None = None
-) -> Store:
-    """A zarr store over ``source``: a store directory, a ``.zip`` of one, or an fsspec URL."""
+) -> BoundedStore:
+    """A zarr store over ``source`` (a store directory, a ``.zip`` of one, or an fsspec URL).
+
+    Always a :class:`~lpldstore.storage._safe.BoundedStore`: until the guard declares the
+    store's arrays it serves only the root metadata.
+    """
+    where = str(source)
     if is_url(source):
-        if read_only:
-            return _remote_store(str(source), dict(storage_options or {}))
-        return FsspecStore.from_url(
-            str(source), read_only=read_only, storage_options=dict(storage_options or {})
-        )
+        check_url_backend(str(source))  # a missing s3fs / huggingface_hub named, not a bare ImportError
+        if not read_only:
+            raise NotAStoreError(f"{source} is a URL; stores are written only in a local directory.")
+        return BoundedStore(_remote_store(str(source), dict(storage_options or {})), where, remote=True)
     path = Path(source)
     if path.is_dir():
-        return LocalStore(path, read_only=read_only)
+        return BoundedStore(LocalFiles(path, read_only=read_only), str(path))
     if path.is_file() and path.suffix == ".zip":
         if not read_only:
             raise NotAStoreError(f"{path} is a zip file; zipped stores are read-only. Unpack it to write.")
-        check_zip_members(path)  # damaged zips and members outside the store are refused first
-        return ZipStore(path, mode="r")
+        # Damaged zips, members outside the store and compressed members are refused first.
+        sizes = check_zip_members(path)
+        return BoundedStore(ZipStore(path, mode="r"), str(path), member_sizes=sizes)
     if path.exists():
         raise NotAStoreError(
             f"Expected a store directory or a .zip of one at {path}. Got a {'file' if path.is_file() else 'special file'}."
@@ -94,13 +101,30 @@ def _remote_store(url: str, storage_options: dict[str, Any]) -> Store:
     from zarr.storage import MemoryStore
 
     protocol = url.partition("://")[0]
-    if url.split("?", 1)[0].endswith(".zip") and "::" not in url:
-        with warnings.catch_warnings():
-            # zarr warns that the zip file system is synchronous; it wraps it, which is fine for reads.
-            warnings.filterwarnings("ignore", message=".*was not created with `asynchronous=True`")
-            remote = FsspecStore.from_url(
-                f"zip::{url}", read_only=True, storage_options={protocol: storage_options}
-            )
-    else:
-        remote = FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
+    if protocol in ("http", "https"):
+        from lpldstore.storage._http import http_options
+
+        storage_options = http_options(storage_options)
+    try:
+        if url.split("?", 1)[0].endswith(".zip") and "::" not in url:
+            with warnings.catch_warnings():
+                # zarr warns that the zip file system is synchronous; it wraps it, which is fine for reads.
+                warnings.filterwarnings("ignore", message=".*was not created with `asynchronous=True`")
+                remote = FsspecStore.from_url(
+                    f"zip::{url}", read_only=True, storage_options={protocol: storage_options}
+                )
+            fs = getattr(remote.fs, "sync_fs", remote.fs)
+            zf = getattr(fs, "zip", None)
+            if zf is not None:  # compressed, duplicate or escaping members: refused before any is read
+                check_zip_infos(zf.infolist(), url, None)
+        else:
+            remote = FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
+    except LpldStoreError:
+        raise
+    except FileNotFoundError as exc:
+        raise NotAStoreError(f"No store at {url}: {describe_error(exc)}.") from exc
+    except Exception as exc:  # the transport's own errors (aiohttp, fsspec): one library error
+        raise StoreDamagedError(
+            f"{url} could not be opened ({describe_error(exc)}). Check the URL and the connection."
+        ) from exc
     return CacheStore(remote, cache_store=MemoryStore(), max_size=REMOTE_CACHE_BYTES)

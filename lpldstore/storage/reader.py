@@ -17,19 +17,20 @@ import numpy.typing as npt
 import zarr
 from zarr.abc.store import Store
 
-from lpldstore.errors import EntryError, StoreDamagedError
-from lpldstore.format.arrays import record_fields
+from lpldstore.errors import EntryError, FormatError, StoreDamagedError
+from lpldstore.format.arrays import row_fields
 from lpldstore.format.codecs import all_finite
-from lpldstore.format.entries import params_of, record_problems
+from lpldstore.format.entries import entry_digest_problem, logits_digest_problem, params_of, record_problems
 from lpldstore.format.fidelity import Fidelity, summarize
 from lpldstore.format.params import AugmentParams
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig
-from lpldstore.format.schema import StoreAttrs
+from lpldstore.format.schema import images_digest
 from lpldstore.storage import _guard
-from lpldstore.storage._arrays import check_arrays
+from lpldstore.storage._checked import open_checked
 from lpldstore.storage._chunkio import ChunkIO
-from lpldstore.storage._open import StoreLike, is_url, open_root, open_zarr_store
+from lpldstore.storage._open import StoreLike, is_url, open_zarr_store
+from lpldstore.storage._safe import BoundedStore, describe_error
 
 __all__ = ["Entry", "EntryMetadata", "LabelStore", "open_store"]
 
@@ -81,9 +82,10 @@ class Entry:
 class EntryMetadata:
     """The small arrays of many entries, padded to the batch size (index -1 marks padding).
 
-    ``records`` maps each record array (``indices`` and the augmentation arrays of
-    ``lpldstore.format.arrays``) to its rows, one per position; ``indices``, ``crops``,
-    ``flips``, ``mix_index``, ``mix_lam`` and ``mix_box`` are views of it.
+    ``records`` maps each array read per entry (``lpldstore.format.arrays.row_fields``: ``indices``
+    and the augmentation arrays, and from format version 3 ``fidelity`` and ``digest``) to its
+    rows, one per position; ``indices``, ``crops``, ``flips``, ``mix_index``, ``mix_lam`` and
+    ``mix_box`` are views of it.
     """
 
     positions: npt.NDArray[np.int64]
@@ -122,25 +124,50 @@ class EntryMetadata:
 
 def _damaged(where: str, what: str, exc: Exception) -> StoreDamagedError:
     return StoreDamagedError(
-        f"{where}: {what} could not be read ({exc}). The stored bytes are damaged or missing; "
+        f"{where}: {what} could not be read ({describe_error(exc)}). The stored bytes are damaged or missing; "
         "run `lpldstore verify` for a full report."
     )
 
 
+# Digest blocks kept per reader (each block_entries x 64 bytes): a loader worker reads each once.
+_DIGEST_BLOCKS = 4096
+
+
 class LabelStore:
-    """A read-only view of a store. Use :func:`open_store` to get one; close it when done."""
+    """A read-only view of a store. Use :func:`open_store` to get one; close it when done.
+
+    Everything is checked on open (``lpldstore.storage._checked``); from format version 3 on
+    (:attr:`bound`) every entry read is checked against its digest, which binds it to its key and
+    to this store, and :meth:`images` checks the images against ``dataset.images_sha256``.
+    """
 
     def __init__(self, store: Store, where: str) -> None:
-        self._store = store
+        bounded = store if isinstance(store, BoundedStore) else BoundedStore(store, where)
+        self._store = bounded
         self.where = where
-        _guard.check_store_metadata(store, where)  # codecs and dtypes allow-listed before zarr parses them
-        root = open_root(store, where)
-        self.attrs = StoreAttrs.from_json(root.attrs.asdict(), where)
-        self._arrays = check_arrays(root, self.attrs, where)
+        opened = open_checked(bounded, where)
+        self.attrs = opened.attrs
+        self._arrays = opened.arrays
         self._codec = self.attrs.logits_codec
-        self._record_fields = record_fields(self.attrs)
+        self._row_fields = row_fields(self.attrs)
+        self._digest_blocks: dict[int, npt.NDArray[np.uint8]] = {}
         # Whole chunks read in this thread where the store allows it (storage/_chunkio.py).
         self._chunk_io = {path: ChunkIO.of(array) for path, array in self._arrays.items()}
+
+    @property
+    def bound(self) -> bool:
+        """Whether entries and root records carry digests (format version 3 on)."""
+        return self.attrs.bound
+
+    @property
+    def binding(self) -> str:
+        """One line saying what binds this store's entries to their keys and to the store."""
+        if self.bound:
+            return "entries bound to their keys and this store by SHA-256 digests; root records digested"
+        return (
+            f"none: format version {self.attrs.format_version} carries no digests, so a moved or swapped chunk "
+            "cannot be told from the right one (`lpldstore upgrade` rewrites the store as version 3)"
+        )
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -202,12 +229,21 @@ class LabelStore:
     # -- images --------------------------------------------------------------------------------
 
     def images(self) -> npt.NDArray[np.uint8]:
-        """All images, uint8 (N, H, W, 3)."""
+        """All images, uint8 (N, H, W, 3), checked against ``dataset.images_sha256``."""
         _guard.check_all_chunks_present(self.where, self._arrays["images/pixels"], "the images")
         try:
-            return np.asarray(self._arrays["images/pixels"][:])
+            pixels = np.asarray(self._arrays["images/pixels"][:])
         except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, "the images", exc) from exc
+        expected = self.dataset.images_sha256
+        # The images are read whole (once per loader): hashing them costs about 1 s per GB and
+        # catches image chunks moved or swapped within the store, which checksums cannot.
+        if expected is not None and images_digest(pixels, self.labels()) != expected:
+            raise StoreDamagedError(
+                f"{self.where}: the images and labels do not hash to dataset.images_sha256: image chunks were "
+                "moved, swapped or changed. Run `lpldstore verify` for a full report."
+            )
+        return pixels
 
     def labels(self) -> npt.NDArray[np.int64]:
         """The hard class label of every image."""
@@ -243,6 +279,11 @@ class LabelStore:
         """
         epoch, batch = self.plan.key_at(position)
         problems = record_problems(self.attrs, epoch, batch, row, check_composition=False)
+        if not problems and self.bound:
+            stored = row["digest"] if "digest" in row else self._digest_of(position)
+            problem = entry_digest_problem(self.attrs, epoch, batch, row, stored)
+            if problem:
+                problems = [("pool/digest", problem)]
         if problems:
             path, message = problems[0]
             raise StoreDamagedError(
@@ -268,8 +309,13 @@ class LabelStore:
         n = self.plan.batch_length(batch)
         try:
             io = self._chunk_io["pool/logits"]
-            raw = io.read(position)[0] if io is not None else self._arrays["pool/logits"][position]
-            logits = self._codec.decode(np.asarray(raw))
+            raw = np.asarray(
+                io.read(position)[0] if io is not None else self._arrays["pool/logits"][position]
+            )
+        except _guard.READ_ERRORS as exc:
+            raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
+        try:
+            logits = self._codec.decode(raw)
         except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         # A missing chunk reads as the NaN fill value: real logits are always finite.
@@ -278,7 +324,44 @@ class LabelStore:
                 f"{self.where}: the logits of entry (epoch={epoch}, batch={batch}) are missing or hold "
                 "non-finite values. Run `lpldstore verify` for a full report."
             )
+        if self.bound:
+            self._check_logits_digest(position, epoch, batch, raw)
         return logits
+
+    def _digest_of(self, position: int) -> npt.NDArray[np.uint8]:
+        """The stored digest row (2, 32) of ``position``, from a per-block cache."""
+        block = self.layout.block_entries
+        number = position // block
+        rows = self._digest_blocks.get(number)
+        if rows is None:
+            start = number * block
+            io = self._chunk_io["pool/digest"]
+            try:
+                chunk = (
+                    io.read(number) if io is not None else self._arrays["pool/digest"][start : start + block]
+                )
+                rows = np.asarray(chunk, dtype=np.uint8)
+            except _guard.READ_ERRORS as exc:
+                epoch, batch = self.plan.key_at(position)
+                raise _damaged(
+                    self.where, f"the digest of entry (epoch={epoch}, batch={batch})", exc
+                ) from exc
+            if len(self._digest_blocks) >= _DIGEST_BLOCKS:
+                self._digest_blocks.pop(next(iter(self._digest_blocks)))
+            self._digest_blocks[number] = rows
+        return rows[position - number * block]
+
+    def _check_logits_digest(self, position: int, epoch: int, batch: int, raw: npt.NDArray[Any]) -> None:
+        problem = logits_digest_problem(self.attrs, epoch, batch, raw, self._digest_of(position))
+        if problem:
+            # The cached block may predate this entry's commit: read it again once.
+            self._digest_blocks.pop(position // self.layout.block_entries, None)
+            problem = logits_digest_problem(self.attrs, epoch, batch, raw, self._digest_of(position))
+        if problem:
+            raise StoreDamagedError(
+                f"{self.where}: entry (epoch={epoch}, batch={batch}): pool/logits: {problem}. "
+                "Run `lpldstore verify` for a full report."
+            )
 
     def metadata(
         self, positions: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
@@ -295,7 +378,7 @@ class LabelStore:
         read: dict[str, npt.NDArray[Any]] = {}
         missing: set[str] = set()
         # Flags first: data is written before its flag, so data read after a set flag is complete.
-        for name in ("committed", *self._record_fields):
+        for name in ("committed", *self._row_fields):
             try:
                 read[name] = self._rows(f"pool/{name}", pos, missing)
             except _guard.READ_ERRORS as exc:
@@ -304,7 +387,7 @@ class LabelStore:
                 ) from exc
         committed = read.pop("committed").astype(bool)
         keys = self.plan.kept_keys[pos]
-        for name in self._record_fields:
+        for name in self._row_fields:
             declared = self.attrs.arrays[f"pool/{name}"].decl
             # A missing chunk would read as valid data: look for the file (unless the read saw it).
             if declared.fill_is_data and (self._chunk_io[declared.path] is None or declared.path in missing):
@@ -355,6 +438,22 @@ class LabelStore:
                     f"{self.where}: the chunk of pool/fidelity for entries {number * block}.. is missing; "
                     "run `lpldstore verify`."
                 )
+        if self.bound:  # the sums are bound like every other per-entry array: check each entry's digest
+            meta = self.metadata()
+            for i in np.flatnonzero(meta.committed).tolist():
+                epoch, batch = (int(v) for v in meta.keys[i])
+                problem = entry_digest_problem(
+                    self.attrs, epoch, batch, meta.row(i), meta.records["digest"][i]
+                )
+                if problem:
+                    raise StoreDamagedError(
+                        f"{self.where}: entry (epoch={epoch}, batch={batch}): pool/digest: {problem}. "
+                        "Run `lpldstore verify` for a full report."
+                    )
+                if not np.array_equal(meta.records["fidelity"][i], sums[i], equal_nan=True):
+                    raise StoreDamagedError(
+                        f"{self.where}: pool/fidelity changed while it was read; read it again."
+                    )
         return summarize(sums[committed], self.codec.temperature)
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -376,16 +475,28 @@ class LabelStore:
         )
 
 
-def open_store(source: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> LabelStore:
+def open_store(
+    source: StoreLike, *, storage_options: Mapping[str, Any] | None = None, require_bound: bool = False
+) -> LabelStore:
     """Open a store for reading: a store directory, a ``.zip`` of one, or an fsspec URL.
 
     Raises :class:`NotAStoreError` for anything that is not an lpldstore store and
-    :class:`UnsupportedVersionError` for a store of a newer format version.
+    :class:`UnsupportedVersionError` for a store of a newer format version. Stores of format
+    versions 1 and 2 carry no digests (:attr:`LabelStore.binding` says so); with
+    ``require_bound=True`` they are refused, so that a version-3 store stripped of its digests
+    cannot pass for an older one.
     """
     where = str(source) if is_url(source) else str(Path(source))
     store = open_zarr_store(source, read_only=True, storage_options=storage_options)
     try:
-        return LabelStore(store, where)
+        opened = LabelStore(store, where)
     except BaseException:
         store.close()
         raise
+    if require_bound and not opened.bound:
+        opened.close()
+        raise FormatError(
+            f"{where} is format version {opened.attrs.format_version}, which carries no digests, and a bound store "
+            "was required. Upgrade it from a trusted copy (`lpldstore upgrade`) or drop the requirement."
+        )
+    return opened

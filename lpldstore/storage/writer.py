@@ -14,7 +14,13 @@ Life of a store
 
 Several processes fill one store at once by taking disjoint parts: ``part=(rank, world)`` owns the
 blocks whose number is ``rank`` modulo ``world``. Every file a writer writes belongs to one of its
-blocks, so writers never race (zarr's LocalStore writes each file atomically).
+blocks, so writers never race (zarr's LocalStore writes each file atomically). A writer leases its
+blocks when it opens the store (``lpldstore.storage._lease``): a second writer on the same or an
+overlapping part is refused, naming the holder, and a lease left by a killed writer is taken
+over. Each commit re-checks the lease and the flags it is about to set.
+
+From format version 3 each entry's digests (``pool/digest``) are computed from exactly what is
+written and written with its block, before the commit flags.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import datetime as _dt
 import os
 import shutil
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -34,20 +41,24 @@ import zarr
 from zarr.storage import LocalStore
 
 from lpldstore._version import __version__
-from lpldstore.errors import EntryError, StoreExistsError, ValidationError
+from lpldstore.errors import EntryError, FormatError, StoreExistsError, StoreLockedError, ValidationError
 from lpldstore.format.arrays import entry_fields
 from lpldstore.format.augmentations import check_extras
 from lpldstore.format.codecs import all_finite
+from lpldstore.format.entries import digest_row
 from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
+from lpldstore.format.integrity import Integrity
 from lpldstore.format.params import AugmentParams, validate_params
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig
 from lpldstore.format.schema import StoreAttrs, images_digest
 from lpldstore.storage._arrays import check_arrays, create_arrays
+from lpldstore.storage._checked import open_checked
 from lpldstore.storage._chunkio import ChunkIO
-from lpldstore.storage._open import consolidate, open_root
+from lpldstore.storage._lease import Leases
+from lpldstore.storage._open import consolidate, open_zarr_store
 
-__all__ = ["StoreWriter"]
+__all__ = ["StoreWriter", "update_provenance"]
 
 Part = tuple[int, int]
 
@@ -106,14 +117,18 @@ class StoreWriter:
             raise StoreExistsError(
                 f"No store directory at {self.path}; create one with StoreWriter.create()."
             )
-        self._store = LocalStore(self.path)
-        root = open_root(self._store, self.where, mode="r+")
-        self.attrs = StoreAttrs.from_json(root.attrs.asdict(), self.where)
+        # The same checks as every reader's (guard, declaration, record digests) before anything is read.
+        self._store = open_zarr_store(self.path, read_only=False)
+        try:
+            opened = open_checked(self._store, self.where, mode="r+")
+        except BaseException:
+            self._store.close()
+            raise
+        self.attrs = opened.attrs
         # Chunk existence must mean "written" (an all-False flip chunk too): zarr does not persist
         # this setting, so every writer sets it on its own array handles.
         self._arrays = {
-            path: array.with_config({"write_empty_chunks": True})
-            for path, array in check_arrays(root, self.attrs, self.where).items()
+            path: array.with_config({"write_empty_chunks": True}) for path, array in opened.arrays.items()
         }
         self._block = self.attrs.layout.block_entries
         sharded = self.attrs.layout.logits_shard_entries is not None
@@ -133,6 +148,16 @@ class StoreWriter:
         self._closed = False
         n = self.attrs.plan.num_kept
         self._owned = (np.arange(n) // self._block) % self.part[1] == self.part[0]
+        # One writer per block: lease this part's blocks before anything is written.
+        self._leases = Leases(self.path, self.part, self.where)
+        blocks = range(self.part[0], -(-n // self._block), self.part[1])
+        try:
+            self._leases.acquire(blocks)
+        except BaseException:
+            self._store.close()
+            raise
+        # A writer dropped without close() still gives its leases back.
+        self._release = weakref.finalize(self, self._leases.release)
 
     # -- creation ------------------------------------------------------------------------------
 
@@ -208,10 +233,18 @@ class StoreWriter:
         # A codec that does not fit the classes, or unknown extras: ConfigError, nothing written.
         attrs.logits_codec  # noqa: B018 - builds (and so checks) the codec
         check_extras(relabel.extras)
+        try:
+            attrs.check_limits("create: the plan")
+        except FormatError as exc:
+            raise ValidationError(str(exc).replace(" The metadata is forged or damaged.", "")) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.creating-{uuid.uuid4().hex[:8]}")
         try:
             root = zarr.open_group(LocalStore(staging), mode="w-", zarr_format=3, attributes=attrs.to_json())
+            # The record digests cover the records as stored: read them back, then add the integrity record.
+            integrity = Integrity.of(uuid.uuid4().hex, root.attrs.asdict())
+            root.attrs.update({"integrity": integrity.to_dict()})
+            attrs = dataclasses.replace(attrs, integrity=integrity)
             create_arrays(root, attrs)
             arrays = check_arrays(root, attrs, str(staging))
             arrays["images/pixels"][:] = pixels
@@ -285,14 +318,27 @@ class StoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered small arrays, then commit every entry written so far."""
-        for block in self._blocks.values():
+        """Write the buffered small arrays, then commit every entry written so far.
+
+        Before the flags of a block are written, the writer checks that it still holds the block's
+        lease and that the flags on disk are the ones it last saw: nothing it did not write is
+        ever marked committed, and nothing another writer committed is overwritten.
+        """
+        for number, block in self._blocks.items():
             if not block.staged:
                 continue
             span = slice(block.start, block.start + len(block.committed))
+            self._leases.check(number)
+            on_disk = self._get_chunk("pool/committed", number).astype(bool)
+            if not np.array_equal(on_disk, block.committed):
+                keys = self.plan.kept_keys[span][on_disk != block.committed]
+                raise StoreLockedError(
+                    f"{self.where}: the commit flags of block {number} changed under this writer (entries "
+                    f"{[tuple(k) for k in keys[:4].tolist()]}): another process writes this block. Nothing was "
+                    "committed; make sure every writer has its own part."
+                )
             if block.logits is not None:
                 self._arrays["pool/logits"][span] = block.logits
-            number = block.start // self._block
             for name, values in block.arrays.items():
                 self._set_chunk(f"pool/{name}", number, values)
             # Commit flags last: an entry's data is on disk before its flag says so.
@@ -301,12 +347,16 @@ class StoreWriter:
             self._set_chunk("pool/committed", number, committed)
             block.committed = committed
             block.staged.clear()
+        self._leases.renew()
 
     def close(self) -> None:
         if not self._closed:
-            self.flush()
-            self._closed = True
-            self._store.close()
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._release()
+                self._store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -442,6 +492,9 @@ class StoreWriter:
         row["logits"] = self._codec.encode(_pad(source, big_b, 0, str(source.dtype)))
         if "fidelity" in self._entry_arrays:
             row["fidelity"] = self._fidelity(epoch, batch, raw, row["logits"][:n])
+        if "digest" in self._entry_arrays:
+            # Of exactly the rows about to be written: binds them to this key and this store.
+            row["digest"] = digest_row(self.attrs, epoch, batch, row, row["logits"])
         return row
 
     def _fidelity(
@@ -453,6 +506,24 @@ class StoreWriter:
         if self._codec.lossless or not fidelity_sampled(index, float(codec.fidelity_rate)):
             return np.full(len(FIDELITY_FIELDS), np.nan)
         return fidelity_sums(raw, self._codec.decode(encoded), float(codec.temperature))
+
+
+def update_provenance(path: str | os.PathLike[str], provenance: Mapping[str, Any]) -> None:
+    """Replace the provenance record of a store that is not yet published (e.g. an import's staging copy).
+
+    Format version 3 digests the records: the integrity record is updated with it, and the
+    consolidated metadata rewritten. Provenance is not part of the store's identity, so the
+    entries' digests stay valid. Meant for the tool that created the store, before it renames
+    the store into place; a published store's records are never changed.
+    """
+    root = zarr.open_group(LocalStore(Path(path)), mode="r+", zarr_format=3)
+    Provenance.from_dict(provenance)  # ConfigError if invalid, before anything is written
+    root.attrs["provenance"] = dict(provenance)
+    current = root.attrs.asdict()
+    if "integrity" in current:
+        old = Integrity.from_dict(current["integrity"])  # type: ignore[arg-type]
+        root.attrs["integrity"] = Integrity.of(old.store_id, current).to_dict()
+    consolidate(LocalStore(Path(path)))
 
 
 def _pad(values: npt.NDArray[Any], rows: int, fill: Any, dtype: str) -> npt.NDArray[Any]:

@@ -9,6 +9,12 @@ parent's decoded logits (the teacher is not at hand), which the lineage records.
 
 A derived store is built in a hidden sibling directory and renamed into place only when every
 entry is committed: an interrupted prune or recode leaves no store at the output path.
+
+Digests (format version 3): every entry copied from a bound parent is first checked against the
+parent's digests (a damaged or tampered parent is refused, not laundered into a new store), and
+the derived store, which has its own store id and records, gets its own digests, computed from
+exactly what is written. :func:`upgrade` rewrites a version-1 or version-2 store as version 3
+after a full ``verify`` of it.
 """
 
 from __future__ import annotations
@@ -22,19 +28,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zarr
+from tqdm import tqdm
 from zarr.storage import LocalStore
 
-from lpldstore.errors import ConfigError, StoreExistsError, ValidationError
-from lpldstore.format.arrays import record_fields
+from lpldstore.errors import ConfigError, StoreDamagedError, StoreExistsError, ValidationError
+from lpldstore.format.arrays import bound_fields, record_fields
+from lpldstore.format.entries import digest_row, entry_digest_problem, logits_digest_problem
 from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig
+from lpldstore.format.schema import FORMAT_VERSION, StoreAttrs
 from lpldstore.storage.reader import LabelStore, open_store
 from lpldstore.storage.writer import StoreWriter
 from lpldstore.tools.budget import parse_size, plan_for_budget
+from lpldstore.tools.identity import store_identity
 from lpldstore.tools.sizes import storage_bytes
 
-__all__ = ["derive_store", "parse_codec", "prune", "recode"]
+__all__ = ["derive_store", "parse_codec", "prune", "recode", "upgrade"]
 
 _SCHEDULE = ("num_images", "batch_size", "epochs", "seed", "last_batch", "composition")
 
@@ -53,12 +63,12 @@ def parse_codec(text: str, temperature: float | None = None) -> CodecConfig:
 
 
 def _lineage(parent: LabelStore, operation: str) -> tuple[dict[str, Any], ...]:
+    # The parent by name and digests (tools/identity.py), never by its local path.
     record = {
         "operation": operation,
-        "source": parent.where,
+        **store_identity(parent),
         "created_utc": parent.provenance.created_utc,
         "lpldstore_version": parent.provenance.lpldstore_version,
-        "format_version": parent.attrs.format_version,
         "plan": parent.plan.to_dict(),
         "codec": parent.codec.to_dict(),
     }
@@ -99,6 +109,7 @@ def derive_store(
     plan: PruningPlan | None = None,
     codec: CodecConfig | None = None,
     operation: str = "derive",
+    progress: bool = False,
 ) -> Path:
     """Write a store at ``out`` holding ``plan``'s entries of ``source`` with ``codec`` (both default to the parent's)."""
     target = Path(out)
@@ -112,7 +123,7 @@ def derive_store(
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.deriving-{uuid.uuid4().hex[:8]}")
         try:
-            StoreWriter.create(
+            writer = StoreWriter.create(
                 staging,
                 plan=new_plan,
                 images=parent.images(),
@@ -123,8 +134,10 @@ def derive_store(
                 layout=parent.layout,
                 config=parent.provenance.config,
                 parents=_lineage(parent, operation),
-            ).close()
-            _copy_entries(parent, staging, positions, new_codec)
+            )
+            child = writer.attrs
+            writer.close()
+            _copy_entries(parent, staging, positions, new_codec, child, progress=progress, what=operation)
             os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -133,12 +146,19 @@ def derive_store(
 
 
 def _copy_entries(
-    parent: LabelStore, path: Path, positions: npt.NDArray[np.int64], codec: CodecConfig
+    parent: LabelStore,
+    path: Path,
+    positions: npt.NDArray[np.int64],
+    codec: CodecConfig,
+    child: StoreAttrs,
+    *,
+    progress: bool = False,
+    what: str = "derive",
 ) -> None:
     root = zarr.open_group(LocalStore(path), mode="r+", zarr_format=3)
     record = record_fields(parent.attrs)
     pool: dict[str, Any] = {}
-    for name in (*record, "logits", "committed", "fidelity"):
+    for name in (*record, "logits", "committed", "fidelity", "digest"):
         node = root.get(f"pool/{name}")
         if isinstance(node, zarr.Array):
             pool[name] = node.with_config({"write_empty_chunks": True})
@@ -152,19 +172,26 @@ def _copy_entries(
             f"{parent.where} keeps only the top-{parent.codec.params.get('k')} logits; quantizing the decoded rows "
             "would spend every level on the dropped tail. Recode it to float16 or topk instead."
         )
+    bar = tqdm(total=len(positions), desc=what, unit="entry", disable=not progress)
     for start in range(0, len(positions), block):
         span = slice(start, min(start + block, len(positions)))
         src = positions[span]
-        for name in record:
-            pool[name][span] = parent.array(f"pool/{name}").get_orthogonal_selection((src,))
+        bar.update(len(src))
+        rows = {
+            name: np.asarray(parent.array(f"pool/{name}").get_orthogonal_selection((src,))) for name in record
+        }
         raw = np.asarray(parent.array("pool/logits").get_orthogonal_selection((src,)))
+        if has_fidelity:
+            rows["fidelity"] = np.asarray(parent.array("pool/fidelity").get_orthogonal_selection((src,)))
+        _check_parent(parent, src, rows, raw)
+        for name in record:
+            pool[name][span] = rows[name]
         if same:
             stored = raw
-            if has_fidelity:
-                pool["fidelity"][span] = parent.array("pool/fidelity").get_orthogonal_selection((src,))
+            fidelity = rows["fidelity"] if has_fidelity else None
         else:
             stored = np.empty(pool["logits"].shape[1:], dtype=pool["logits"].dtype)[None].repeat(len(src), 0)
-            sums = np.full((len(src), len(FIDELITY_FIELDS)), np.nan)
+            fidelity = np.full((len(src), len(FIDELITY_FIELDS)), np.nan)
             for i, p in enumerate(src.tolist()):
                 n = plan.batch_length(int(plan.key_at(p)[1]))
                 decoded = old_codec.decode(raw[i])
@@ -178,14 +205,48 @@ def _copy_entries(
                 if not new_codec.lossless and fidelity_sampled(
                     epoch * plan.batches_per_epoch + batch, float(codec.fidelity_rate)
                 ):  # the writer's sample (lpldstore.format.fidelity.fidelity_sampled)
-                    sums[i] = fidelity_sums(
+                    fidelity[i] = fidelity_sums(
                         decoded[:n], new_codec.decode(stored[i][:n]), float(codec.temperature)
                     )
-            if "fidelity" in pool:
-                pool["fidelity"][span] = sums
+        if "fidelity" in pool:
+            # Not measured (NaN) where the parent kept no fidelity: written, so the chunk exists.
+            fidelity = fidelity if fidelity is not None else np.full((len(src), len(FIDELITY_FIELDS)), np.nan)
+            pool["fidelity"][span] = fidelity
+            rows["fidelity"] = fidelity
         pool["logits"][span] = stored
+        if "digest" in pool:
+            # The derived store's own digests, of exactly what was written into it.
+            keys = plan.kept_keys[src]
+            pool["digest"][span] = np.stack(
+                [
+                    digest_row(child, int(e), int(b), {k: v[i] for k, v in rows.items()}, stored[i])
+                    for i, (e, b) in enumerate(keys.tolist())
+                ]
+            )
+    bar.close()
     # Commit flags last, as the writer does.
     pool["committed"][:] = np.ones(len(positions), dtype=bool)
+
+
+def _check_parent(
+    parent: LabelStore, src: npt.NDArray[np.int64], rows: dict[str, Any], raw: npt.NDArray[Any]
+) -> None:
+    """Refuse to copy an entry that does not match the parent's digests (bound parents only)."""
+    if not parent.bound:
+        return
+    digests = np.asarray(parent.array("pool/digest").get_orthogonal_selection((src,)))
+    names = bound_fields(parent.attrs)
+    for i, p in enumerate(src.tolist()):
+        epoch, batch = parent.plan.key_at(p)
+        row = {name: rows[name][i] for name in names}
+        problem = logits_digest_problem(
+            parent.attrs, epoch, batch, raw[i], digests[i]
+        ) or entry_digest_problem(parent.attrs, epoch, batch, row, digests[i])
+        if problem:
+            raise StoreDamagedError(
+                f"{parent.where}: entry (epoch={epoch}, batch={batch}): {problem}. Nothing was derived; run "
+                "`lpldstore verify` on the parent."
+            )
 
 
 def _measured_sizes(store: LabelStore) -> tuple[int, float]:
@@ -201,6 +262,7 @@ def prune(
     ratio: float | None = None,
     budget: int | str | None = None,
     strategy: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """A store keeping fewer of ``source``'s entries: at ``ratio`` of the full schedule, or within ``budget`` bytes.
 
@@ -213,7 +275,11 @@ def prune(
         base = PruningPlan.from_dict(parent.plan.to_dict() | ({"strategy": strategy} if strategy else {}))
         if ratio is not None:
             return derive_store(
-                source, out, plan=PruningPlan.from_dict(base.to_dict() | {"ratio": ratio}), operation="prune"
+                source,
+                out,
+                plan=PruningPlan.from_dict(base.to_dict() | {"ratio": ratio}),
+                operation="prune",
+                progress=progress,
             )
         limit = parse_size(budget)  # type: ignore[arg-type]
         fixed, per_entry = _measured_sizes(parent)
@@ -237,7 +303,7 @@ def prune(
                 else plan
             )
         try:
-            derive_store(source, trial, plan=plan, operation="prune")
+            derive_store(source, trial, plan=plan, operation="prune", progress=progress)
             with open_store(trial) as child:
                 fixed, per_entry = _measured_sizes(child)
                 total, kept = storage_bytes(child)["total"], child.num_entries
@@ -249,6 +315,37 @@ def prune(
     raise ValidationError(f"Could not fit {source} into {limit:,} bytes.")  # pragma: no cover
 
 
-def recode(source: str | os.PathLike[str], out: str | os.PathLike[str], *, codec: CodecConfig) -> Path:
+def recode(
+    source: str | os.PathLike[str], out: str | os.PathLike[str], *, codec: CodecConfig, progress: bool = False
+) -> Path:
     """A store holding the same entries as ``source`` with the logits in ``codec``."""
-    return derive_store(source, out, codec=codec, operation="recode")
+    return derive_store(source, out, codec=codec, operation="recode", progress=progress)
+
+
+def upgrade(source: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> Path:
+    """Rewrite a format version 1 or 2 store as version 3 at ``out`` (digests added; entries copied exactly).
+
+    The source must be complete and pass ``verify`` first: digests bind what they are computed
+    from, so a damaged or altered source would be made to look sound. Like prune, the new store is
+    built under a hidden name and renamed into place at the end.
+    """
+    from lpldstore.tools.verify import verify_store
+
+    target = Path(out)
+    if target.exists():
+        raise StoreExistsError(f"{target} already exists. Choose another output path or remove it first.")
+    with open_store(source) as parent:
+        version = parent.attrs.format_version
+    if version >= FORMAT_VERSION:
+        raise ValidationError(
+            f"{source} is already format version {version}; there is nothing to upgrade (copy it, or `prune`/"
+            "`recode` it, to get a store with its own digests)."
+        )
+    report = verify_store(source, progress=progress)
+    if not report.ok:
+        shown = "; ".join(str(p) for p in report.problems[:3])
+        raise ValidationError(
+            f"{source} does not pass verify ({len(report.problems)} problem(s): {shown}). Upgrading would bind "
+            "the damage into digests; restore the store first. Nothing was written."
+        )
+    return derive_store(source, out, operation="upgrade", progress=progress)

@@ -12,6 +12,12 @@ The zip is laid out for reading entry by entry, locally or over HTTP Range reque
 
 Both commands write under a temporary name and rename at the end: an interrupted pack or unpack
 leaves no zip (or directory) at the target, only a hidden ``.*.partial-*`` file to delete.
+
+Only the store's own files are packed: the metadata documents of its declared nodes and the
+chunks of its declared arrays, each a regular file inside the store (a symbolic link or special
+file there is refused; writers' leases and stray files are left out). ``unpack`` checks every
+member (stored, of its declared size, the sizes adding up to the archive) before it writes a
+byte, and never writes more than a member's declared size.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from lpldstore.errors import ArtifactError, StoreExistsError
-from lpldstore.storage.reader import open_store
+from tqdm import tqdm
+
+from lpldstore.errors import ArtifactError, FormatError, StoreExistsError
+from lpldstore.storage._guard import check_zip_infos
+from lpldstore.storage.reader import LabelStore, open_store
 
 __all__ = ["checksum_path", "check_zip_checksum", "pack_store", "sha256_file", "unpack_store"]
 
@@ -45,19 +56,42 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _members(root: Path) -> list[Path]:
-    files = [p for p in root.rglob("*") if p.is_file()]
+def _members(store: LabelStore, root: Path) -> list[str]:
+    """The store's own files (keys relative to ``root``), root metadata first, then metadata, then chunks.
 
-    def order(p: Path) -> tuple[int, str]:
-        rel = p.relative_to(root).as_posix()
-        rank = 0 if rel == "zarr.json" else 1 if p.name == "zarr.json" else 2
-        return rank, rel
+    Enumerated from the declaration, not from the directory: a stray or linked file is never packed.
+    """
+    groups = {f"{p.rpartition('/')[0]}/zarr.json" for p in store.attrs.arrays}
+    keys = ["zarr.json", *sorted(groups | {f"{p}/zarr.json" for p in store.attrs.arrays})]
+    bounded = store.zarr_store
+    chunks = []
+    for path in store.attrs.arrays:
+        folder = root / path / "c"
+        for dirpath, dirs, files in os.walk(folder, followlinks=False):
+            for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))]:
+                key = (Path(dirpath) / name).relative_to(root).as_posix()
+                if bounded.allowed(key):  # type: ignore[attr-defined]
+                    chunks.append(key)
+    for key in [*keys, *chunks]:
+        info = os.lstat(root / key)
+        if not stat.S_ISREG(info.st_mode):
+            raise ArtifactError(
+                f"{root}: '{key}' is {'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'not a regular file'}; a "
+                "store holds only its own regular files. Nothing was packed; replace it with the real file."
+            )
+        if info.st_size > bounded.limit(key):  # type: ignore[attr-defined]
+            raise ArtifactError(
+                f"{root}: '{key}' holds {info.st_size:,} bytes, more than its declared chunk shape allows "
+                f"({bounded.limit(key):,}); the store is damaged. Nothing was packed."  # type: ignore[attr-defined]
+            )
+    return [*keys, *sorted(chunks)]
 
-    return sorted(files, key=order)
 
+def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False) -> str:
+    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest.
 
-def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> str:
-    """Pack a complete store directory into ``out`` (a ``.zip``) and write ``out.sha256``; returns the digest."""
+    ``progress`` shows a bar of the files packed on stderr.
+    """
     root, target = Path(store), Path(out)
     if target.suffix != ".zip":
         raise ArtifactError(f"Expected an output name ending in .zip. Got {target.name!r} instead.")
@@ -76,13 +110,14 @@ def pack_store(store: str | os.PathLike[str], out: str | os.PathLike[str]) -> st
                 f"{root} has {left} uncommitted entries; a zip is read-only, so it could never be finished. "
                 "Finish the store (StoreWriter.open(...).todo()) before packing it."
             )
+        members = _members(opened, root)
     tag = uuid.uuid4().hex[:8]
     partial = target.with_name(f".{target.name}.partial-{tag}")
     partial_sum = target.with_name(f".{target.name}.sha256.partial-{tag}")
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for path in _members(root):
-                zf.write(path, path.relative_to(root).as_posix())
+            for key in tqdm(members, desc="pack", unit="file", disable=not progress):
+                zf.write(root / key, key)
         digest = sha256_file(partial)
         partial_sum.write_text(f"{digest}  {target.name}\n")
         os.replace(partial_sum, checksum_path(target))
@@ -109,6 +144,19 @@ def check_zip_checksum(zip_path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def _copy_exactly(src: Any, dst: Any, size: int, what: str) -> None:
+    """Copy ``size`` bytes, refusing a member that holds more or fewer than its declared size."""
+    left = size
+    while left:
+        block = src.read(min(_BLOCK, left))
+        if not block:
+            raise ArtifactError(f"{what} is shorter than its declared {size:,} bytes. Nothing was unpacked.")
+        dst.write(block)
+        left -= len(block)
+    if src.read(1):
+        raise ArtifactError(f"{what} holds more than its declared {size:,} bytes. Nothing was unpacked.")
+
+
 def _safe_name(name: str) -> bool:
     path = PurePosixPath(name)
     return (
@@ -120,7 +168,9 @@ def _safe_name(name: str) -> bool:
     )
 
 
-def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
+def unpack_store(
+    zip_path: str | os.PathLike[str], out: str | os.PathLike[str], *, progress: bool = False
+) -> int:
     """Unpack a packed store into the new directory ``out``; returns the number of files.
 
     Refuses members with absolute paths, ``..``, backslashes or drive letters, and links; checks
@@ -133,6 +183,7 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
         raise ArtifactError(f"Expected a packed store (.zip) at {source}. Got nothing there.")
     if checksum_path(source).is_file() and (problem := check_zip_checksum(source)):
         raise ArtifactError(f"{source}: {problem}. Nothing was unpacked.")
+
     try:
         zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile as exc:
@@ -149,15 +200,23 @@ def unpack_store(zip_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
                 f"{source}: refusing to unpack members that would land outside the target or are links: "
                 f"{unsafe[:5]}. Nothing was unpacked."
             )
+        # Sizes before a byte is written: stored members only, adding up to the archive's size.
+        try:
+            check_zip_infos(infos, str(source), source.stat().st_size)
+        except FormatError as exc:
+            raise ArtifactError(f"{exc} Nothing was unpacked.") from None
+        # The zip as a store: every member declared by the store's own metadata and within its
+        # chunk bounds (a stray or oversized member is refused before anything is written).
+        open_store(source).close()
         partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
         try:
-            for info in infos:
+            for info in tqdm(infos, desc="unpack", unit="file", disable=not progress):
                 if info.is_dir():
                     continue
                 dest = partial / info.filename
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _BLOCK)
+                    _copy_exactly(src, dst, info.file_size, f"{source}: member {info.filename!r}")
             with open_store(partial):  # a zip of something that is not a store is refused
                 pass
             os.rename(partial, target)
