@@ -389,3 +389,27 @@ def test_the_float16_finiteness_check_is_numpys() -> None:
     assert not _all_finite(every)
     assert _all_finite(np.ones((2, 3), np.float32))
     assert not _all_finite(np.array([np.nan], np.float32))
+
+
+# -- compressor generations ---------------------------------------------------------------------------
+
+
+def test_a_store_mixing_compressor_generations_is_refused(tmp_path: Path) -> None:
+    from lpldstore import FormatError
+    from lpldstore.storage._arrays import compressors, expected_metadata
+
+    path = tmp_path / "s.zarr"
+    with make_store(path, plan=PruningPlan(num_images=8, batch_size=4, epochs=2)) as writer:
+        fill(writer)
+        attrs = writer.attrs
+    # Written now: the current generation (blosc-lz4 small arrays), and it reads.
+    assert type(compressors(attrs.arrays["pool/crop"], attrs)[0]).__name__ == "BloscCodec"
+    with open_store(path) as store:
+        assert store.entry_at(0).logits.shape == (4, 5)
+    # One array's metadata from the generation before issue 16, the others current: refused.
+    legacy = expected_metadata(attrs, "before-issue-16")["pool/crop"]
+    root = json.loads((path / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"]["pool/crop"]["codecs"] = legacy["codecs"]
+    (path / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(FormatError, match="does not have the metadata that format version 3 declares"):
+        open_store(path)
