@@ -89,6 +89,35 @@ def _per_call(fn: Callable[[int], Any], positions: list[int]) -> float:
     return (time.perf_counter() - start) / len(positions)
 
 
+def cost_breakdown(store: LabelStore, path: Path, repeats: int = 300) -> dict[str, float]:
+    """Microseconds of thread CPU time (median) of the pieces of one ``entry_at``."""
+    import hashlib
+
+    def median_us(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            fn()
+            times.append(time.thread_time() - start)
+        return 1e6 * statistics.median(times)
+
+    logits_chunk = (path / "pool/logits/c/0/0/0").read_bytes()
+    small_key = "pool/crop/c/0/0/0"
+    bounded: Any = store.zarr_store
+    meta = store.metadata([0])
+    logits = store.logits_at(0)
+    return {
+        "entry_at": median_us(lambda: store.entry_at(0)),
+        "metadata of one entry": median_us(lambda: store.metadata([0])),
+        "logits_at": median_us(lambda: store.logits_at(0)),
+        "entry_from (record checks, digest)": median_us(lambda: store.entry_from(meta.row(0), 0, logits)),
+        "sha256 of one logits chunk's bytes": median_us(lambda: hashlib.sha256(logits_chunk).digest()),
+        "a small chunk via the bounded store": median_us(lambda: bounded.get_sync(small_key)),
+        "a small chunk, plain open and read": median_us(lambda: (path / small_key).read_bytes()),
+        "chunks read per entry": float(len(meta.records) + 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for e, b in keys:
                 _peer_load(peer / f"epoch_{e}" / f"batch_{b}.tar")
             meta_runs["B torch.load of every peer file"].append(time.perf_counter() - t)
+        breakdown = cost_breakdown(opened["float16"], stores["float16"])
         for s in opened.values():
             s.close()
     peer_name = "B torch.load (peer file)"
@@ -156,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"all {len(keys)} entries' small arrays: " + ", ".join(f"{m} {v:.1f} ms" for m, v in metadata.items())
     )
+    print("where one float16 entry_at goes (us of thread CPU, median):")
+    for name, value in breakdown.items():
+        print(f"   {name:44s} {value:8.1f}")
     result = {
         "config": {
             "shape": dataclasses.asdict(shape),
@@ -170,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "ratios_median_of_paired": ratios,
         "all_entries_metadata_ms": metadata,
+        "entry_at_breakdown_us_thread_cpu": breakdown,
     }
     out = Path(args.out) if args.out else RESULTS / f"reader{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
