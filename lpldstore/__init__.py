@@ -40,6 +40,7 @@ from lpldstore.format.params import AugmentParams, check_kernel_name, draw_param
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig
 from lpldstore.format.schema import FORMAT_NAME, FORMAT_VERSION
+from lpldstore.storage.background import BackgroundWriter
 from lpldstore.storage.reader import Entry, EntryMetadata, LabelStore, open_store
 from lpldstore.storage.writer import StoreWriter
 from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
@@ -75,6 +76,7 @@ __all__ = [
     "ArtifactError",
     "AugmentParams",
     "AugmentSpec",
+    "BackgroundWriter",
     "Codec",
     "CodecConfig",
     "ConfigError",

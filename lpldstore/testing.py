@@ -23,6 +23,7 @@ import numpy.typing as npt
 from lpldstore.format.params import AugmentParams
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import DatasetInfo, Layout, RelabelConfig
+from lpldstore.storage.background import BackgroundWriter
 from lpldstore.storage.reader import open_store
 from lpldstore.storage.writer import StoreWriter
 
@@ -112,7 +113,9 @@ def make_store(
     )
 
 
-def fill(writer: StoreWriter, *, seed: int = 0, limit: int | None = None, delay: float = 0.0) -> int:
+def fill(
+    writer: StoreWriter | BackgroundWriter, *, seed: int = 0, limit: int | None = None, delay: float = 0.0
+) -> int:
     """Write fake entries for the writer's remaining work (at most ``limit``); returns the count."""
     attrs = writer.attrs
     done = 0
@@ -204,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--seed", type=int, default=0)
     cmd.add_argument("--delay", type=float, default=0.0, help="seconds to sleep after each entry")
     cmd.add_argument("--commit-every", type=int, default=None)
+    cmd.add_argument("--background", action="store_true", help="write through a BackgroundWriter")
     make = sub.add_parser(
         "create", help="create an empty store of fake images (for interrupted-create tests)"
     )
@@ -222,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.store, plan=plan, image_hw=(args.size, args.size), layout=Layout(block_entries=args.block)
         ).close()
         return 0
-    with StoreWriter.open(args.store, part=(args.rank, args.world), commit_every=args.commit_every) as writer:
-        fill(writer, seed=args.seed, delay=args.delay)
+    writer = StoreWriter.open(args.store, part=(args.rank, args.world), commit_every=args.commit_every)
+    with BackgroundWriter(writer) if args.background else writer as filling:
+        fill(filling, seed=args.seed, delay=args.delay)
     return 0
 
 

@@ -535,3 +535,128 @@ def test_apply_in_chunks_of_samples_equals_whole_batch(monkeypatch: pytest.Monke
 def test_geometry_record() -> None:
     geom = BatchGeometry(n=2, image_hw=(3, 4), output_size=(5, 6))
     assert pickle.loads(pickle.dumps(geom)) == geom
+
+
+# --- the fused core path (crop, flip, CutMix): the registry order's values, bit for bit -------------
+
+FUSED = [
+    pytest.param({}, id="bilinear-aa"),
+    pytest.param({"antialias": False}, id="bilinear"),
+    pytest.param({"interpolation": "bicubic"}, id="bicubic-aa"),
+    pytest.param({"interpolation": "bicubic", "antialias": False}, id="bicubic"),
+    pytest.param({"interpolation": "nearest"}, id="nearest"),
+    pytest.param({"mix": "none", "flip_prob": 1.0}, id="nomix-allflip"),
+    pytest.param({"output_size": (37, 45)}, id="same-size-as-source"),
+]
+
+
+def _reference(images: torch.Tensor, params: AugmentParams, relabel: RelabelConfig) -> torch.Tensor:
+    """The replay order written out with torchvision per sample (replay.py's module docstring)."""
+    interpolation = tvf.InterpolationMode(relabel.interpolation)
+    samples = []
+    for i, (t, left, h, w) in enumerate(params.crops.tolist()):
+        x = tvf.resized_crop(
+            images[i].permute(2, 0, 1),
+            t,
+            left,
+            h,
+            w,
+            list(relabel.output_size),
+            interpolation,
+            antialias=relabel.antialias,
+        )
+        samples.append(tvf.horizontal_flip(x) if params.flips[i] else x)
+    out_h, out_w = relabel.output_size
+    x = torch.stack(samples) if samples else torch.empty((0, 3, out_h, out_w), dtype=torch.uint8)
+    x = tvf.normalize(tvf.to_dtype(x, torch.float32, scale=True), mean=list(MEAN), std=list(STD))
+    top, left, bottom, right = params.mix_box
+    x[:, :, top:bottom, left:right] = x[torch.from_numpy(params.mix_index.copy()), :, top:bottom, left:right]
+    return x
+
+
+def _full_crop_params(relabel: RelabelConfig, n: int, seed: int) -> AugmentParams:
+    """Drawn params with some crops exactly the output size (torchvision skips the resize there)."""
+    drawn = draw_params(relabel, (37, 45), n, seed, 1)
+    crops = drawn.crops.copy()
+    out_h, out_w = relabel.output_size
+    for i in range(0, n, 3):
+        crops[i] = (0, 0, out_h, out_w)
+    return dataclasses.replace(drawn, crops=crops)
+
+
+@pytest.mark.parametrize("kw", FUSED)
+def test_fused_replay_equals_the_replay_order_written_out(kw: dict[str, Any]) -> None:
+    relabel = _relabel(seed=11, **kw)
+    for n, seed in [(13, 0), (1, 1), (0, 2), (40, 3)]:
+        images = _images(n, seed=seed)
+        params = _full_crop_params(relabel, n, seed) if n else draw_params(relabel, (37, 45), 0, 0, 0)
+        fused = apply_params(images, params, relabel, MEAN, STD)
+        assert fused.is_contiguous()
+        assert fused.shape == (n, 3, *relabel.output_size)
+        assert torch.equal(fused, _reference(images, params, relabel))
+
+
+@pytest.mark.parametrize("kw", FUSED[:5])
+def test_fused_replay_equals_the_kernels_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, kw: dict[str, Any]
+) -> None:
+    relabel = _relabel(seed=3, **kw)
+    images = _images(17, seed=4)
+    params = _full_crop_params(relabel, 17, 5)
+    fused = apply_params(images, params, relabel, MEAN, STD)
+    monkeypatch.setattr(augment_module, "_CORE", ["no such augmentation"])
+    assert torch.equal(apply_params(images, params, relabel, MEAN, STD), fused)
+
+
+@pytest.mark.parametrize("kw", FUSED[:5])
+def test_the_device_branch_rounds_batch_wise_as_torchvision_rounds_each_sample(
+    monkeypatch: pytest.MonkeyPatch, kw: dict[str, Any]
+) -> None:
+    """The GPU branch, run on CPU with torchvision's float path (what it does on a GPU)."""
+    from torchvision.transforms.v2.functional import _geometry
+
+    monkeypatch.setattr(_geometry, "_do_native_uint8_resize_on_cpu", lambda interpolation: False)
+    monkeypatch.setattr(ops, "_tv_native_uint8_on_cpu", lambda interpolation: False)
+    monkeypatch.setattr(augment_module, "_resize_natively", lambda device: False)
+    relabel = _relabel(seed=8, **kw)
+    images = _images(15, seed=6)
+    params = _full_crop_params(relabel, 15, 7)
+    assert torch.equal(apply_params(images, params, relabel, MEAN, STD), _reference(images, params, relabel))
+
+
+@pytest.mark.parametrize("extras", [(), ("cutout",)])
+def test_indices_replay_the_gathered_images(extras: tuple[str, ...]) -> None:
+    relabel = _relabel(seed=2)
+    pool = _images(9, seed=1)
+    index = np.array([3, 3, 0, 8, 5, 1, 7])
+    params = draw_params(relabel, (37, 45), 7, 0, 4, extras=extras)
+    gathered = apply_params(pool[torch.from_numpy(index)], params, relabel, MEAN, STD)
+    assert torch.equal(apply_params(pool, params, relabel, MEAN, STD, indices=index), gathered)
+    with pytest.raises(ValidationError, match=r"Expected indices in \[0, 9\)"):
+        apply_params(pool, params, relabel, MEAN, STD, indices=index + 2)
+    with pytest.raises(ValidationError, match="Expected indices of 7 integers"):
+        apply_params(pool, params, relabel, MEAN, STD, indices=index[:3])
+    with pytest.raises(ValidationError, match="Expected indices of 7 integers"):
+        apply_params(pool, params, relabel, MEAN, STD, indices=index.astype(float))
+
+
+@pytest.mark.parametrize("kw", FUSED)
+def test_resize_crop_is_torchvisions_resized_crop(kw: dict[str, Any]) -> None:
+    relabel = _relabel(**kw)
+    images = _images(8, seed=3)
+    params = _full_crop_params(relabel, 8, 2)
+    src = images.permute(0, 3, 1, 2)
+    for i, (t, left, h, w) in enumerate(params.crops.tolist()):
+        ref = tvf.resized_crop(
+            src[i],
+            t,
+            left,
+            h,
+            w,
+            list(relabel.output_size),
+            tvf.InterpolationMode(relabel.interpolation),
+            antialias=relabel.antialias,
+        )
+        got = ops.resize_crop(src, i, (t, left, h, w), relabel)
+        assert got.shape == (1, *ref.shape)
+        assert torch.equal(got[0], ref)

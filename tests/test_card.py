@@ -51,7 +51,8 @@ def test_the_card_quotes_the_runs_accuracy_licence_and_citations(run_dir: Path) 
     assert "@misc{mine, title={x}}" in card
     for entry in CITATIONS:
         assert entry in card
-    assert "lossless" not in card  # float16 is a rounding of the teacher's logits
+    # float16 is a rounding of the teacher's logits (measured by the writer only for lossy codecs).
+    assert "lossless" not in card.replace("not lossless", "")
     assert "not lossless" in card or "max abs logit error" in card
 
 

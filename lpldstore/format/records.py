@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Self, get_args
 
 from lpldstore.errors import ConfigError
 from lpldstore.format.codecs import CODECS, Codec
+from lpldstore.format.fidelity import DEFAULT_FIDELITY_RATE
 
 __all__ = [
     "DEFAULT_BLOCK_ENTRIES",
@@ -269,7 +270,10 @@ class CodecConfig(_Record):
     version 1's only codec; ``quantized`` and ``quantized_entropy`` with ``{"bits": 2..8}``; ``topk``
     with ``{"k": k, "tail": "MR" | "MS" | "MRS"}``), whose class checks ``params``.
     ``temperature`` is the training temperature: the writer measures KL divergence at it, and the
-    ``topk`` MS tail stores probabilities at it.
+    ``topk`` MS tail stores probabilities at it. ``fidelity_rate`` is the fraction of entries
+    whose fidelity the writer of a lossy codec measures (:func:`lpldstore.format.fidelity.fidelity_sampled`;
+    lossless codecs measure none); a lossy store always records it, and a lossy store written
+    before the rate existed reads as 1.0 (it measured every entry).
     """
 
     record_name: ClassVar[str] = "codec"
@@ -277,6 +281,7 @@ class CodecConfig(_Record):
     name: str = "float16"
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     temperature: float = 20.0
+    fidelity_rate: float = DEFAULT_FIDELITY_RATE
 
     def __post_init__(self) -> None:
         _check(
@@ -297,8 +302,23 @@ class CodecConfig(_Record):
             "temperature must be a positive number",
             self.temperature,
         )
+        _check(
+            isinstance(self.fidelity_rate, int | float)
+            and not isinstance(self.fidelity_rate, bool)
+            and 0 <= self.fidelity_rate <= 1,
+            self.record_name,
+            "fidelity_rate must be a number in [0, 1]",
+            self.fidelity_rate,
+        )
         # The codec checks its own parameters; the class count is checked against the dataset.
         CODECS[self.name].parse_params(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if CODECS[self.name].lossless and self.fidelity_rate == DEFAULT_FIDELITY_RATE:
+            # A lossless codec measures nothing: its record stays the one format 2 always wrote.
+            del out["fidelity_rate"]
+        return out
 
     def codec(self, num_classes: int) -> Codec:
         """The codec for rows of ``num_classes`` logits (build it once per store: ``StoreAttrs.logits_codec``)."""

@@ -24,7 +24,7 @@ from lpldstore.errors import (
 )
 from lpldstore.format.arrays import Resolved, resolve
 from lpldstore.format.augmentations import check_extras
-from lpldstore.format.codecs import Codec
+from lpldstore.format.codecs import CODECS, Codec
 from lpldstore.format.integrity import RECORDS, Integrity, store_identity
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenance, RelabelConfig, _Record
@@ -143,8 +143,14 @@ class StoreAttrs:
         for key, record in records.items():
             if key not in attrs:
                 raise FormatError(f"{where}: root attribute '{key}' is missing.")
+            value = attrs[key]
+            if key == "codec" and isinstance(value, Mapping) and "fidelity_rate" not in value:
+                # Written before the rate was recorded: a lossy codec's writer measured every entry.
+                name = value.get("name", "float16")
+                if name in CODECS and not CODECS[name].lossless:
+                    value = {**value, "fidelity_rate": 1.0}
             try:
-                parsed[key] = record.from_dict(attrs[key])
+                parsed[key] = record.from_dict(value)
             except ConfigError as exc:
                 raise FormatError(f"{where}: root attribute '{key}' is invalid: {exc}") from exc
         integrity = parsed.get("integrity")

@@ -214,35 +214,44 @@ class _Replayer:
         self._store = None
         self._pid = None
 
-    def replay(self, step: _Step) -> dict[str, torch.Tensor]:
+    def replay(self, step: _Step) -> dict[str, Any]:
         store = self._open()
         assert self.images is not None
         # Only the logits are read per step (one chunk); the reader checks the record and the
         # logits as it does in entry_at, so a damaged entry fails the same way here.
         entry = store.entry_from(step.row, step.position, store.logits_at(step.position))
-        index = torch.from_numpy(entry.indices).to(self.device)
         info = store.dataset
+        n, (height, width) = len(entry), store.relabel.output_size
+        # The pixels, the logits and the CutMix fractions share one float32 buffer: a worker hands
+        # the main process one shared-memory segment per step, not one per tensor (each tensor is
+        # its own segment and file descriptor); the key travels as two integers (_with_keys).
+        pixels, classes = n * 3 * height * width, entry.logits.size
+        flat = torch.empty(pixels + classes + n, dtype=torch.float32, device=self.device)
+        logits = flat[pixels : pixels + classes].view(entry.logits.shape)
+        if self.device.type == "cpu":  # float16 -> float32 is exact
+            logits.numpy()[...] = entry.logits
+        else:
+            logits.copy_(torch.from_numpy(np.array(entry.logits, dtype=np.float32)).to(self.device))
+        mix_lam = flat[pixels + classes :].fill_(_own_fraction(entry.params, store.relabel))
+        # The replay reads each sample's source image by its index: no gathered copy of the batch.
         images = apply_params(
-            self.images.index_select(0, index),
+            self.images,
             entry.params,
             store.relabel,
             info.mean,
             info.std,
             override_kernel=self.override_kernel,
+            indices=entry.indices,
+            out=flat[:pixels].view(n, 3, height, width),
         )
-        n = len(entry)
-        out = {
+        out: dict[str, Any] = {
             "images": images,
-            "logits": torch.from_numpy(entry.logits.astype(np.float32)).to(self.device),
-            "keys": torch.tensor([[entry.epoch, entry.batch]], dtype=torch.int64, device=self.device).repeat(
-                n, 1
-            ),
-            "mix_lam": torch.full(
-                (n,), _own_fraction(entry.params, store.relabel), dtype=torch.float32, device=self.device
-            ),
+            "logits": logits,
+            "mix_lam": mix_lam,
+            _KEY: (entry.epoch, entry.batch),
         }
         if self.labels is not None:
-            labels = self.labels.index_select(0, index)
+            labels = self.labels.index_select(0, torch.from_numpy(entry.indices).to(self.device))
             out["labels"] = labels
             partners = torch.tensor(entry.params.mix_index, dtype=torch.int64, device=self.device)
             out["partner_labels"] = labels.index_select(0, partners)
@@ -326,6 +335,18 @@ class _EpochSampler(torch.utils.data.Sampler[_Step]):
         if epoch is not None:
             for i in range(len(epoch)):
                 yield epoch.step(i)
+
+
+_KEY = "key"
+
+
+def _with_keys(stream: Iterator[dict[str, Any]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Each replayed step's (epoch, batch) as the per-sample ``keys`` tensor."""
+    for item in stream:
+        epoch, batch = item.pop(_KEY)
+        n = len(item["images"])
+        item["keys"] = torch.tensor([[epoch, batch]], dtype=torch.int64, device=device).repeat(n, 1)
+        yield item
 
 
 def _cat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -464,8 +485,11 @@ class PoolLoader:
             self._load_images(store)
         replayer = _damage.SkippingReplayer(self._replayer) if cfg.skip_damaged else self._replayer
         if cfg.device is not None or cfg.num_workers == 0:
-            yield from _damage.drop_skipped(
-                (replayer.replay(steps.step(i)) for i in range(len(steps))), self.skipped, store.where
+            yield from _with_keys(
+                _damage.drop_skipped(
+                    (replayer.replay(steps.step(i)) for i in range(len(steps))), self.skipped, store.where
+                ),
+                self.device,
             )
             return
         if self._dataloader is None:
@@ -479,7 +503,9 @@ class PoolLoader:
                 persistent_workers=cfg.persistent_workers,
             )
         self._sampler.epoch = steps
-        yield from _damage.drop_skipped(iter(self._dataloader), self.skipped, store.where)
+        yield from _with_keys(
+            _damage.drop_skipped(iter(self._dataloader), self.skipped, store.where), self.device
+        )
 
     def __iter__(self) -> Iterator[PoolBatch]:
         start = self._step if self._step < len(self) else 0

@@ -18,7 +18,7 @@ import zarr
 from lpldstore.errors import FormatError
 from lpldstore.format.schema import StoreAttrs
 from lpldstore.storage import _guard
-from lpldstore.storage._arrays import check_arrays, compressor_names, expected_metadata
+from lpldstore.storage._arrays import GENERATIONS, check_arrays, compressor_names, expected_metadata
 from lpldstore.storage._open import open_root
 from lpldstore.storage._safe import BoundedStore, chunk_rules
 
@@ -42,11 +42,24 @@ def open_checked(store: BoundedStore, where: str, *, mode: str = "r") -> Opened:
     expected = expected_metadata(attrs)
     groups = sorted({path.rpartition("/")[0] for path in expected})
     store.allow_metadata((*groups, *expected))
-    pinned = _guard.check_nodes(store, root_doc, expected, attrs.format_version, where)
+    # The metadata must be one compressor generation's, field for field (stores written before
+    # issue 16 keep their compressors); when none fits, the error names the current generation's.
+    first: FormatError | None = None
+    for generation in GENERATIONS:
+        try:
+            pinned = _guard.check_nodes(
+                store, root_doc, expected_metadata(attrs, generation), attrs.format_version, where
+            )
+            break
+        except FormatError as exc:
+            first = first or exc
+    else:
+        assert first is not None
+        raise first
     store.pin("zarr.json", json.dumps(root_doc).encode())
     for key, document in pinned.items():
         store.pin(key, document)
-    store.declare(chunk_rules(attrs.arrays, compressor_names(attrs)))
+    store.declare(chunk_rules(attrs.arrays, compressor_names(attrs, generation)))
     if store.member_sizes is not None:
         for name in store.member_sizes:
             try:

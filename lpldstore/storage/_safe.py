@@ -229,6 +229,19 @@ class LocalFiles(LocalStore):
         self._check_dirs(key)
         await super().set(key, value)
 
+    # The same reads and writes in the calling thread (lpldstore.storage._chunkio): one chunk
+    # without a hand-off to zarr's I/O thread.
+
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        data = self.read_limited(key, read_limit.get(), byte_range)
+        return None if data is None else (prototype or default_buffer_prototype()).buffer.from_bytes(data)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._check_dirs(key)
+        super().set_sync(key, value)
+
 
 # -- bounds per key --------------------------------------------------------------------------------
 
@@ -444,6 +457,41 @@ class BoundedStore(WrapperStore[Store]):
         if found is not None:
             self._check_chunk(key, found[1], buf.to_bytes(), byte_range)
         return buf
+
+    @property
+    def sync_chunks(self) -> bool:
+        """Whether :meth:`get_sync` and :meth:`set_sync` work: a local directory, and a zarr with
+        synchronous store methods (3.1.6 on)."""
+        return isinstance(self._store, LocalFiles) and callable(getattr(LocalStore, "set_sync", None))
+
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """:meth:`get` in the calling thread, with the same bounds and checks (local directories only)."""
+        if not self.sync_chunks:
+            raise NotImplementedError(f"{self.where}: synchronous reads need a local store directory.")
+        prototype = prototype or default_buffer_prototype()
+        if key in self._pinned and byte_range is None:
+            return prototype.buffer.from_bytes(self._pinned[key])
+        limit = self.limit(key)
+        assert isinstance(self._store, LocalFiles)
+        data = self._store.read_limited(key, limit, byte_range)
+        if data is None:
+            return None
+        found = self.rule_of(key)
+        if found is not None:
+            self._check_chunk(key, found[1], data, byte_range)
+        return prototype.buffer.from_bytes(data)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        """:meth:`set` in the calling thread (local directories only)."""
+        if not self.sync_chunks:
+            raise NotImplementedError(f"{self.where}: synchronous writes need a local store directory.")
+        if key not in self._meta_keys:
+            self.limit(key)  # writers write only declared chunks
+        assert isinstance(self._store, LocalFiles)
+        self._store.set_sync(key, value)
+        self._pinned.pop(key, None)
 
     def _check_chunk(self, key: str, rule: ChunkRule, data: bytes, byte_range: ByteRequest | None) -> None:
         what = f"{self.where}: chunk '{key}'"

@@ -19,6 +19,7 @@ from zarr.abc.store import Store
 
 from lpldstore.errors import EntryError, FormatError, StoreDamagedError
 from lpldstore.format.arrays import row_fields
+from lpldstore.format.codecs import all_finite
 from lpldstore.format.entries import entry_digest_problem, logits_digest_problem, params_of, record_problems
 from lpldstore.format.fidelity import Fidelity, summarize
 from lpldstore.format.params import AugmentParams
@@ -27,6 +28,7 @@ from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenanc
 from lpldstore.format.schema import images_digest
 from lpldstore.storage import _guard
 from lpldstore.storage._checked import open_checked
+from lpldstore.storage._chunkio import ChunkIO
 from lpldstore.storage._open import StoreLike, is_url, open_zarr_store
 from lpldstore.storage._safe import BoundedStore, describe_error
 
@@ -149,6 +151,8 @@ class LabelStore:
         self._codec = self.attrs.logits_codec
         self._row_fields = row_fields(self.attrs)
         self._digest_blocks: dict[int, npt.NDArray[np.uint8]] = {}
+        # Whole chunks read in this thread where the store allows it (storage/_chunkio.py).
+        self._chunk_io = {path: ChunkIO.of(array) for path, array in self._arrays.items()}
 
     @property
     def bound(self) -> bool:
@@ -304,7 +308,10 @@ class LabelStore:
         epoch, batch = self.plan.key_at(position)
         n = self.plan.batch_length(batch)
         try:
-            raw = np.asarray(self._arrays["pool/logits"][position])
+            io = self._chunk_io["pool/logits"]
+            raw = np.asarray(
+                io.read(position)[0] if io is not None else self._arrays["pool/logits"][position]
+            )
         except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         try:
@@ -312,7 +319,7 @@ class LabelStore:
         except _guard.READ_ERRORS as exc:
             raise _damaged(self.where, f"the logits of entry (epoch={epoch}, batch={batch})", exc) from exc
         # A missing chunk reads as the NaN fill value: real logits are always finite.
-        if not np.isfinite(logits[:n]).all():
+        if not all_finite(logits[:n]):
             raise StoreDamagedError(
                 f"{self.where}: the logits of entry (epoch={epoch}, batch={batch}) are missing or hold "
                 "non-finite values. Run `lpldstore verify` for a full report."
@@ -328,8 +335,12 @@ class LabelStore:
         rows = self._digest_blocks.get(number)
         if rows is None:
             start = number * block
+            io = self._chunk_io["pool/digest"]
             try:
-                rows = np.asarray(self._arrays["pool/digest"][start : start + block], dtype=np.uint8)
+                chunk = (
+                    io.read(number) if io is not None else self._arrays["pool/digest"][start : start + block]
+                )
+                rows = np.asarray(chunk, dtype=np.uint8)
             except _guard.READ_ERRORS as exc:
                 epoch, batch = self.plan.key_at(position)
                 raise _damaged(
@@ -365,12 +376,11 @@ class LabelStore:
                     f"Positions must be in [0, {self.num_entries}). Got {pos.min()}..{pos.max()}."
                 )
         read: dict[str, npt.NDArray[Any]] = {}
+        missing: set[str] = set()
         # Flags first: data is written before its flag, so data read after a set flag is complete.
         for name in ("committed", *self._row_fields):
-            array = self._arrays[f"pool/{name}"]
             try:
-                # One orthogonal read per array: zarr fetches the needed chunks concurrently.
-                read[name] = np.asarray(array.get_orthogonal_selection((pos,)))
+                read[name] = self._rows(f"pool/{name}", pos, missing)
             except _guard.READ_ERRORS as exc:
                 raise _damaged(
                     self.where, f"pool/{name} of {_guard.describe(self.plan.kept_keys[pos])}", exc
@@ -379,9 +389,34 @@ class LabelStore:
         keys = self.plan.kept_keys[pos]
         for name in self._row_fields:
             declared = self.attrs.arrays[f"pool/{name}"].decl
-            if declared.fill_is_data:  # a missing chunk would read as valid data: look for the file
+            # A missing chunk would read as valid data: look for the file (unless the read saw it).
+            if declared.fill_is_data and (self._chunk_io[declared.path] is None or declared.path in missing):
                 _guard.check_chunks_present(self.where, self._arrays[declared.path], pos, committed, keys)
         return EntryMetadata(positions=pos, keys=keys, committed=committed, records=read)
+
+    def _rows(self, path: str, pos: npt.NDArray[np.int64], missing: set[str]) -> npt.NDArray[Any]:
+        """Rows ``pos`` of a block-chunked array; adds ``path`` to ``missing`` if a chunk had no file."""
+        array, io = self._arrays[path], self._chunk_io[path]
+        if io is None:  # one orthogonal read: zarr fetches the needed chunks concurrently
+            return np.asarray(array.get_orthogonal_selection((pos,)))
+        rows = io.rows
+        if len(pos) == 1:  # one entry (entry_at): one block, no grouping
+            number = int(pos[0]) // rows
+            chunk = io.read_or_none(number)
+            if chunk is None:
+                missing.add(path)
+                chunk = io.read(number)
+            return chunk[int(pos[0]) - number * rows][None].copy()
+        blocks = pos // rows
+        out = np.empty((len(pos), *array.shape[1:]), dtype=array.dtype)
+        for number in np.unique(blocks).tolist():
+            chunk = io.read_or_none(number)
+            if chunk is None:
+                missing.add(path)
+                chunk = io.read(number)  # the fill value, as zarr reads a missing chunk
+            here = blocks == number
+            out[here] = chunk[pos[here] - number * rows]
+        return out
 
     def fidelity(self) -> Fidelity | None:
         """Fidelity of the codec measured by the writer on the committed entries (None: not measured).

@@ -44,8 +44,9 @@ from lpldstore._version import __version__
 from lpldstore.errors import EntryError, FormatError, StoreExistsError, StoreLockedError, ValidationError
 from lpldstore.format.arrays import entry_fields
 from lpldstore.format.augmentations import check_extras
+from lpldstore.format.codecs import all_finite
 from lpldstore.format.entries import digest_row
-from lpldstore.format.fidelity import fidelity_sums
+from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
 from lpldstore.format.integrity import Integrity
 from lpldstore.format.params import AugmentParams, validate_params
 from lpldstore.format.plan import PruningPlan
@@ -53,6 +54,7 @@ from lpldstore.format.records import CodecConfig, DatasetInfo, Layout, Provenanc
 from lpldstore.format.schema import StoreAttrs, images_digest
 from lpldstore.storage._arrays import check_arrays, create_arrays
 from lpldstore.storage._checked import open_checked
+from lpldstore.storage._chunkio import ChunkIO
 from lpldstore.storage._lease import Leases
 from lpldstore.storage._open import consolidate, open_zarr_store
 
@@ -137,6 +139,9 @@ class StoreWriter:
         self.commit_every = commit_every
         self._sharded = sharded
         self._codec = self.attrs.logits_codec
+        # Whole chunks (an entry's logits, a block's small arrays) are written in this thread
+        # where the store allows it (storage/_chunkio.py): no hand-off to zarr's I/O thread.
+        self._chunk_io = {path: ChunkIO.of(array, write=True) for path, array in self._arrays.items()}
         # The block-buffered arrays of an entry: its record, and (version 2 on) its measured fidelity.
         self._entry_arrays = entry_fields(self.attrs)
         self._blocks: dict[int, _Block] = {}
@@ -305,7 +310,7 @@ class StoreWriter:
             assert block.logits is not None
             block.logits[pos - block.start] = padded_logits
         else:
-            self._arrays["pool/logits"][pos] = padded_logits
+            self._set_chunk("pool/logits", pos, padded_logits[None])
         for name, value in row.items():
             block.arrays[name][pos - block.start] = value
         block.staged.add(pos)
@@ -324,7 +329,7 @@ class StoreWriter:
                 continue
             span = slice(block.start, block.start + len(block.committed))
             self._leases.check(number)
-            on_disk = np.asarray(self._arrays["pool/committed"][span], dtype=bool)
+            on_disk = self._get_chunk("pool/committed", number).astype(bool)
             if not np.array_equal(on_disk, block.committed):
                 keys = self.plan.kept_keys[span][on_disk != block.committed]
                 raise StoreLockedError(
@@ -335,11 +340,11 @@ class StoreWriter:
             if block.logits is not None:
                 self._arrays["pool/logits"][span] = block.logits
             for name, values in block.arrays.items():
-                self._arrays[f"pool/{name}"][span] = values
+                self._set_chunk(f"pool/{name}", number, values)
             # Commit flags last: an entry's data is on disk before its flag says so.
             committed = block.committed.copy()
             committed[[p - block.start for p in block.staged]] = True
-            self._arrays["pool/committed"][span] = committed
+            self._set_chunk("pool/committed", number, committed)
             block.committed = committed
             block.staged.clear()
         self._leases.renew()
@@ -365,6 +370,23 @@ class StoreWriter:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _get_chunk(self, path: str, number: int) -> npt.NDArray[Any]:
+        """Chunk ``number`` of a block-chunked array at ``path`` (its rows inside the array), writable."""
+        io = self._chunk_io[path]
+        if io is not None:
+            return np.array(io.read(number))
+        rows = self._arrays[path].chunks[0]
+        return np.asarray(self._arrays[path][number * rows : (number + 1) * rows])
+
+    def _set_chunk(self, path: str, number: int, values: npt.NDArray[Any]) -> None:
+        """Write chunk ``number`` of the array at ``path`` whole (its rows inside the array)."""
+        io = self._chunk_io[path]
+        if io is not None:
+            io.write(number, values)
+        else:
+            rows = self._arrays[path].chunks[0]
+            self._arrays[path][number * rows : number * rows + len(values)] = values
+
     def _block_of(self, pos: int) -> _Block:
         number = pos // self._block
         block = self._blocks.get(number)
@@ -373,8 +395,8 @@ class StoreWriter:
             span = slice(start, min(start + self._block, self.plan.num_kept))
             block = _Block(
                 start=start,
-                arrays={name: np.asarray(self._arrays[f"pool/{name}"][span]) for name in self._entry_arrays},
-                committed=np.asarray(self._arrays["pool/committed"][span], dtype=bool),
+                arrays={name: self._get_chunk(f"pool/{name}", number) for name in self._entry_arrays},
+                committed=self._get_chunk("pool/committed", number).astype(bool),
                 logits=np.asarray(self._arrays["pool/logits"][span]) if self._sharded else None,
             )
             self._blocks[number] = block
@@ -450,7 +472,7 @@ class StoreWriter:
         raw = _as_array("logits", logits, (n, dataset.num_classes), "f", where)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as an error
             half = raw.astype(np.float16)
-        if not np.isfinite(half).all():
+        if not all_finite(half):
             culprit = "non-finite" if not np.isfinite(raw).all() else "beyond the float16 range (|x| > 65504)"
             raise ValidationError(
                 f"{where}: logits hold values {culprit}; every logit must be finite in float16."
@@ -469,12 +491,21 @@ class StoreWriter:
         source = half if self._codec.lossless else raw.astype(np.float32)
         row["logits"] = self._codec.encode(_pad(source, big_b, 0, str(source.dtype)))
         if "fidelity" in self._entry_arrays:
-            decoded = self._codec.decode(row["logits"][:n])
-            row["fidelity"] = fidelity_sums(raw, decoded, float(self.attrs.codec.temperature))
+            row["fidelity"] = self._fidelity(epoch, batch, raw, row["logits"][:n])
         if "digest" in self._entry_arrays:
             # Of exactly the rows about to be written: binds them to this key and this store.
             row["digest"] = digest_row(self.attrs, epoch, batch, row, row["logits"])
         return row
+
+    def _fidelity(
+        self, epoch: int, batch: int, raw: npt.NDArray[Any], encoded: npt.NDArray[Any]
+    ) -> npt.NDArray[np.float64]:
+        """The entry's fidelity sums, or NaN ("not measured"): lossless, or not in the sample."""
+        codec = self.attrs.codec
+        index = epoch * self.plan.batches_per_epoch + batch
+        if self._codec.lossless or not fidelity_sampled(index, float(codec.fidelity_rate)):
+            return np.full(len(FIDELITY_FIELDS), np.nan)
+        return fidelity_sums(raw, self._codec.decode(encoded), float(codec.temperature))
 
 
 def update_provenance(path: str | os.PathLike[str], provenance: Mapping[str, Any]) -> None:

@@ -34,7 +34,7 @@ from zarr.storage import LocalStore
 from lpldstore.errors import ConfigError, StoreDamagedError, StoreExistsError, ValidationError
 from lpldstore.format.arrays import bound_fields, record_fields
 from lpldstore.format.entries import digest_row, entry_digest_problem, logits_digest_problem
-from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sums
+from lpldstore.format.fidelity import FIDELITY_FIELDS, fidelity_sampled, fidelity_sums
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import CodecConfig
 from lpldstore.format.schema import FORMAT_VERSION, StoreAttrs
@@ -202,9 +202,13 @@ def _copy_entries(
                 decoded = np.maximum(decoded.astype(np.float32), np.float32(-65504))
                 source = decoded.astype(np.float16) if new_codec.lossless else decoded
                 stored[i] = new_codec.encode(source)
-                fidelity[i] = fidelity_sums(
-                    decoded[:n], new_codec.decode(stored[i][:n]), float(codec.temperature)
-                )
+                epoch, batch = (int(v) for v in plan.key_at(p))
+                if not new_codec.lossless and fidelity_sampled(
+                    epoch * plan.batches_per_epoch + batch, float(codec.fidelity_rate)
+                ):  # the writer's sample (lpldstore.format.fidelity.fidelity_sampled)
+                    fidelity[i] = fidelity_sums(
+                        decoded[:n], new_codec.decode(stored[i][:n]), float(codec.temperature)
+                    )
         if "fidelity" in pool:
             # Not measured (NaN) where the parent kept no fidelity: written, so the chunk exists.
             fidelity = fidelity if fidelity is not None else np.full((len(src), len(FIDELITY_FIELDS)), np.nan)

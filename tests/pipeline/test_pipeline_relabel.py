@@ -100,11 +100,14 @@ def test_torchrun_with_two_gloo_ranks_writes_the_same_store_as_one_process(tmp_p
     teacher, synth = tiny_teacher(), tiny_images()
     squeeze_dir, synth_dir = stage_dirs(tmp_path, teacher, synth)
     # block_entries=2: the 8 kept entries form 4 blocks, shared out over the two ranks.
+    # Both sides on the CPU: with a GPU, "auto" would relabel this side in bf16 on CUDA while the
+    # torchrun side runs on the CPU, and the stores could not be equal.
     single = relabel_config(
         squeeze_dir=str(squeeze_dir),
         synth_dir=str(synth_dir),
         out=str(tmp_path / "one.zarr"),
         block_entries=2,
+        device="cpu",
     )
     relabel(single)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
