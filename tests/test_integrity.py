@@ -171,7 +171,9 @@ def test_prune_refuses_a_tampered_parent_and_writes_nothing(store: Path, tmp_pat
 
 
 @pytest.mark.parametrize("fixture", ["v1_tiny", "v2_tiny"])
-def test_old_stores_read_and_say_they_carry_no_binding(fixture: str, tmp_path: Path) -> None:
+def test_old_stores_read_and_say_they_carry_no_binding(
+    fixture: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = shutil.copytree(FIXTURES / f"{fixture}.zarr", tmp_path / f"{fixture}.zarr")
     with open_store(path) as s:
         assert not s.bound
@@ -183,6 +185,24 @@ def test_old_stores_read_and_say_they_carry_no_binding(fixture: str, tmp_path: P
     with pytest.raises(FormatError, match="carries no digests, and a bound store was required"):
         open_store(path, require_bound=True)
     assert not verify_store(path, require_bound=True).ok
+    with pytest.raises(FormatError, match="carries no digests, and a bound store was required"):
+        PoolLoader(path, policy="sequential", require_bound=True)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    assert "integrity   format version " + fixture[1] + ": none: " in capsys.readouterr().out
+
+
+def test_info_and_the_loader_state_the_binding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = shutil.copytree(FIXTURES / "v3_tiny.zarr", tmp_path / "v3_tiny.zarr")
+    assert main(["info", str(path)]) == 0
+    assert "integrity   format version 3: entries bound to their keys" in capsys.readouterr().out
+    assert main(["info", "--json", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["integrity"]["bound"] is True
+    loader = PoolLoader(path, policy="sequential", require_bound=True)
+    batches = list(loader)
+    loader.close()
+    assert len(batches) == len(loader) > 0
 
 
 @pytest.mark.parametrize("fixture", ["v1_tiny", "v2_tiny"])

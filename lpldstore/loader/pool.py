@@ -93,6 +93,9 @@ class LoaderConfig:
     skip_damaged
         Leave out entries that cannot be read instead of raising ``StoreDamagedError``; they are
         listed in ``PoolLoader.skipped`` and counted in a ``DamageWarning`` (see ``lpldstore._damage``).
+    require_bound
+        Refuse a store without digests (format version 1 or 2), so that a version-3 store stripped
+        of them cannot pass for an older one (see :func:`lpldstore.open_store`).
     """
 
     policy: Policy = "ilp"
@@ -110,6 +113,7 @@ class LoaderConfig:
     world_size: int | None = None
     override_kernel: bool = False
     skip_damaged: bool = False
+    require_bound: bool = False
 
     def __post_init__(self) -> None:
         check_policy(self.policy)
@@ -186,8 +190,11 @@ class PoolBatch:
 class _Replayer:
     """Replays entries of one store; opens it lazily, once per process (never across a fork)."""
 
-    def __init__(self, source: StoreLike, device: torch.device, override_kernel: bool) -> None:
+    def __init__(
+        self, source: StoreLike, device: torch.device, override_kernel: bool, require_bound: bool = False
+    ) -> None:
         self.source = source
+        self.require_bound = require_bound
         self.device = device
         self.override_kernel = override_kernel
         # Set by the loader from one read in the main process. With workers they live in shared
@@ -205,7 +212,7 @@ class _Replayer:
         if self._pid != os.getpid() or self._store is None:
             # After a fork the inherited handle shares the parent's file offset (a ZipStore then
             # reads garbage): drop it unclosed and open our own.
-            self._store, self._pid = open_store(self.source), os.getpid()
+            self._store, self._pid = open_store(self.source, require_bound=self.require_bound), os.getpid()
         return self._store
 
     def close(self) -> None:
@@ -401,7 +408,7 @@ class PoolLoader:
         self.config = config if config is not None else LoaderConfig(**options)
         self.source = source
         # Read the metadata and close again; the first iteration opens the handle this process keeps.
-        with open_store(source) as store:
+        with open_store(source, require_bound=self.config.require_bound) as store:
             self.plan: PruningPlan = store.plan
             check_kernel_name(
                 store.relabel.kernel, store.relabel.interpolation, override=self.config.override_kernel
@@ -414,7 +421,7 @@ class PoolLoader:
         self.world_size: int = world
         rank_share(np.zeros(0, dtype=np.int64), self.rank, self.world_size)  # validates rank/world_size
         self.device = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
-        self._replayer = _Replayer(source, self.device, cfg.override_kernel)
+        self._replayer = _Replayer(source, self.device, cfg.override_kernel, cfg.require_bound)
         # Real images per stored batch index, looked up per step (len() is called every epoch).
         self._batch_lengths = np.array(
             [self.plan.batch_length(b) for b in range(self.plan.batches_per_epoch)], dtype=np.int64

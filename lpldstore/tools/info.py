@@ -19,6 +19,7 @@ def store_info(store: LabelStore) -> dict[str, Any]:
     return {
         "source": store.where,
         "format_version": store.attrs.format_version,
+        "integrity": {"bound": store.bound, "binding": store.binding},
         "dataset": {
             "name": dataset.name,
             "num_classes": dataset.num_classes,
@@ -75,6 +76,8 @@ def format_store_info(info: dict[str, Any]) -> str:
     add = lines.append
     d, s, p = info["dataset"], info["schedule"], info["pruning"]
     add(f"store       {info['source']}")
+    if "integrity" in info:
+        add(f"integrity   format version {info['format_version']}: {info['integrity']['binding']}")
     add(
         f"dataset     {d['name']}: {d['num_images']} images {tuple(d['image_shape'])}, {d['num_classes']} classes, IPC {d['ipc']}"
     )
