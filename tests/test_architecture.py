@@ -163,3 +163,35 @@ def test_a_missing_torch_names_the_extra_to_install() -> None:
     done = _python(code)
     assert "lpldstore.PoolLoader needs torch" in done.stdout
     assert "pip install 'lpldstore[torch]'" in done.stdout
+
+
+def test_a_codec_is_built_once_per_store_handle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lpldstore import CodecConfig, PoolLoader, open_store
+
+    builds: list[str] = []
+    original = CodecConfig.codec
+
+    def counting(self: CodecConfig, num_classes: int) -> object:
+        builds.append(self.name)
+        return original(self, num_classes)
+
+    monkeypatch.setattr(CodecConfig, "codec", counting)
+    plan = PruningPlan(num_images=8, epochs=3, batch_size=4, strategy="prefix", ratio=1)
+    path = tmp_path / "s.zarr"
+    with make_store(path, plan=plan, codec=CodecConfig(name="quantized", params={"bits": 4})) as writer:
+        fill(writer)
+    created, builds[:] = len(builds), []
+    with open_store(path) as store:
+        store.entry(0, 0)
+    opened, builds[:] = len(builds), []
+    loader = PoolLoader(path, policy="sequential")
+    for _ in range(2):
+        for _batch in loader:
+            pass
+    loader.close()
+    # A small constant per store handle, never one per entry or per epoch (the issue counted 12 to
+    # create, 5 per open_store and 10 per loader epoch): creating builds the records it writes and
+    # the handle it reopens; the loader its metadata read and its replaying handle.
+    assert created <= 3
+    assert opened == 1
+    assert len(builds) <= 2
