@@ -4,7 +4,9 @@ The same entries (float16 logits of ``--classes`` x ``--batch`` and their augmen
 stored two ways, side by side in one run:
 
 A   an open lpldstore store: ``LabelStore.entry_at(position)`` (the record's checks and the
-    logits decoded; crc32c checked on every chunk), and ``logits_at`` alone;
+    logits decoded; crc32c and the logits digest checked on every read; the small arrays of a
+    fully committed block read and checked once per handle), ``logits_at`` alone, and
+    ``entry_at`` with that per-handle record cache emptied before every call (a cold read);
 A4  the same with the lossy ``quantized`` 4-bit codec (decoding included);
 B   SRe2L/LPLD: ``torch.load(epoch_<e>/batch_<b>.tar, weights_only=True)`` of the six-item list
     (the safe loader, with the allow-list NumPy's int64 scalars need).
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +40,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+if not __package__:  # run as `python benchmarks/reader.py`: the repository root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.writer import Shape, make_entries, peer_record
 from lpldstore import CodecConfig, PruningPlan, StoreWriter, open_store
@@ -89,6 +95,11 @@ def _per_call(fn: Callable[[int], Any], positions: list[int]) -> float:
     return (time.perf_counter() - start) / len(positions)
 
 
+def _cold_entry_at(store: LabelStore, position: int) -> Any:
+    store._record_blocks.clear()  # what the first read of each block pays
+    return store.entry_at(position)
+
+
 def cost_breakdown(store: LabelStore, path: Path, repeats: int = 300) -> dict[str, float]:
     """Microseconds of thread CPU time (median) of the pieces of one ``entry_at``."""
     import hashlib
@@ -108,6 +119,7 @@ def cost_breakdown(store: LabelStore, path: Path, repeats: int = 300) -> dict[st
     logits = store.logits_at(0)
     return {
         "entry_at": median_us(lambda: store.entry_at(0)),
+        "entry_at cold": median_us(lambda: _cold_entry_at(store, 0)),
         "metadata of one entry": median_us(lambda: store.metadata([0])),
         "logits_at": median_us(lambda: store.logits_at(0)),
         "entry_from (record checks, digest)": median_us(lambda: store.entry_from(meta.row(0), 0, logits)),
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods: dict[str, Callable[[int], Any]] = {
             "A entry_at (float16)": opened["float16"].entry_at,
             "A logits_at (float16)": opened["float16"].logits_at,
+            "A entry_at cold (float16)": lambda p: _cold_entry_at(opened["float16"], p),
             "A4 entry_at (quantized 4-bit)": opened["quantized4"].entry_at,
             "B torch.load (peer file)": lambda p: _peer_load(
                 peer / f"epoch_{keys[p][0]}" / f"batch_{keys[p][1]}.tar"

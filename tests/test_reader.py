@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from lpldstore import (
+    Entry,
     EntryError,
     FormatError,
     Layout,
@@ -151,3 +152,50 @@ def test_damaged_and_missing_chunks_are_errors_naming_the_entry(store_path: Path
         pytest.raises(StoreDamagedError, match="missing or hold non-finite"),
     ):
         store.entry_at(2)
+
+
+def _same_entry(a: Entry, b: Entry) -> bool:
+    pa, pb = a.params, b.params
+    return (
+        (a.epoch, a.batch, a.position, pa.mix_lam, pa.mix_box)
+        == (b.epoch, b.batch, b.position, pb.mix_lam, pb.mix_box)
+        and np.array_equal(a.indices, b.indices)
+        and np.array_equal(a.logits, b.logits)
+        and all(
+            np.array_equal(x, y)
+            for x, y in zip(
+                (pa.crops, pa.flips, pa.mix_index), (pb.crops, pb.flips, pb.mix_index), strict=True
+            )
+        )
+    )
+
+
+def test_random_reads_on_one_handle_equal_fresh_reads(store_path: Path) -> None:
+    # entry_at keeps blocks of final records per handle: every read must still equal a cold one.
+    with open_store(store_path) as store:
+        order = np.random.default_rng(0).permutation(np.repeat(np.arange(store.num_entries), 3))
+        for position in order.tolist():
+            with open_store(store_path) as fresh:
+                assert _same_entry(store.entry_at(position), fresh.entry_at(position))
+        first = store.entry_at(0)
+        first.indices[:] = -1
+        assert not first.params.crops.flags.writeable
+        assert (store.entry_at(0).indices >= 0).all()
+
+
+def test_a_block_still_being_written_is_read_afresh(tmp_path: Path) -> None:
+    plan = PruningPlan(num_images=16, batch_size=4, epochs=2, ratio=1)
+    path = tmp_path / "s.zarr"
+    writer = make_store(path, plan=plan, layout=Layout(block_entries=4))
+    fill(writer, limit=2)
+    writer.flush()
+    with open_store(path) as store:
+        assert store.entry_at(0).position == 0
+        with pytest.raises(EntryError, match="is not committed"):
+            store.entry_at(2)
+        fill(writer)
+        writer.close()
+        # Same handle, same block: the entries committed since are read, not a stale view.
+        assert [store.entry_at(p).position for p in range(store.num_entries)] == list(
+            range(store.num_entries)
+        )

@@ -131,6 +131,8 @@ def _damaged(where: str, what: str, exc: Exception) -> StoreDamagedError:
 
 # Digest blocks kept per reader (each block_entries x 64 bytes): a loader worker reads each once.
 _DIGEST_BLOCKS = 4096
+# Blocks of final records kept per reader for entry_at (ImageNet-1K at batch 128: ~1 MB a block).
+_RECORD_BLOCKS = 64
 
 
 class LabelStore:
@@ -153,6 +155,8 @@ class LabelStore:
         self._digest_blocks: dict[int, npt.NDArray[np.uint8]] = {}
         # Whole chunks read in this thread where the store allows it (storage/_chunkio.py).
         self._chunk_io = {path: ChunkIO.of(array) for path, array in self._arrays.items()}
+        # Per block: its final record chunks, and the positions whose rows passed entry_from's checks.
+        self._record_blocks: dict[int, tuple[dict[str, npt.NDArray[Any]], set[int]]] = {}
 
     @property
     def bound(self) -> bool:
@@ -262,12 +266,58 @@ class LabelStore:
     def entry_at(self, position: int) -> Entry:
         """The committed entry at a position of the store (0 <= position < num_entries)."""
         epoch, batch = self.plan.key_at(position)
-        meta = self.metadata([position])
-        if not meta.committed[0]:
-            raise EntryError(
-                f"{self.where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not finished it."
-            )
-        return self.entry_from(meta.row(0), position, self.logits_at(position))
+        final = self._final_row(position)
+        if final is None:
+            meta = self.metadata([position])
+            if not meta.committed[0]:
+                raise EntryError(
+                    f"{self.where}: entry (epoch={epoch}, batch={batch}) is not committed: the writer has not "
+                    "finished it."
+                )
+            return self.entry_from(meta.row(0), position, self.logits_at(position))
+        row, checked = final
+        if position not in checked:  # a cached row cannot change: its checks hold once passed
+            self._check_row(row, position)
+            checked.add(position)
+        return self._entry(row, position, self.logits_at(position))
+
+    def _final_row(self, position: int) -> tuple[dict[str, npt.NDArray[Any]], set[int]] | None:
+        """The record row at ``position`` from a cached block of final records, with the block's set
+        of positions already checked; None to read it afresh.
+
+        A block whose entries are all committed never changes again (data is written before its
+        flag and a committed entry is never rewritten), so random reads pay for its ten or so
+        small chunks once per handle. A block still being written, a lost or damaged chunk, or a
+        store without whole-chunk reads takes :meth:`metadata`'s path, which reports them. A cached
+        row's record checks and entry digest run on its first read; the logits and their digest are
+        read and checked on every read.
+        """
+        paths = [f"pool/{name}" for name in ("committed", *self._row_fields)]
+        ios = [self._chunk_io[path] for path in paths]
+        if any(io is None for io in ios) or len({io.rows for io in ios if io is not None}) != 1:
+            return None
+        rows = ios[0].rows if ios[0] is not None else 1
+        number = position // rows
+        cached = self._record_blocks.get(number)
+        if cached is None:
+            block: dict[str, npt.NDArray[Any]] = {}
+            for name, io in zip(("committed", *self._row_fields), ios, strict=True):
+                try:
+                    chunk = io.read_or_none(number) if io is not None else None
+                except _guard.READ_ERRORS:
+                    return None
+                if chunk is None:
+                    return None
+                block[name] = chunk
+            if not np.asarray(block["committed"], dtype=bool).all():
+                return None
+            if len(self._record_blocks) >= _RECORD_BLOCKS:
+                self._record_blocks.pop(next(iter(self._record_blocks)))
+            cached = self._record_blocks[number] = (block, set())
+        block, checked = cached
+        at = position - number * rows
+        # Copies: an Entry's arrays are the caller's to change.
+        return {name: values[at].copy() for name, values in block.items() if name != "committed"}, checked
 
     def entry_from(
         self, row: Mapping[str, npt.NDArray[Any]], position: int, logits: npt.NDArray[np.floating[Any]]
@@ -277,6 +327,10 @@ class LabelStore:
         Raises :class:`StoreDamagedError` if the record shows a missing or damaged chunk; the pool
         loader assembles its steps with it, so a damaged entry fails as it does in :meth:`entry_at`.
         """
+        self._check_row(row, position)
+        return self._entry(row, position, logits)
+
+    def _check_row(self, row: Mapping[str, npt.NDArray[Any]], position: int) -> None:
         epoch, batch = self.plan.key_at(position)
         problems = record_problems(self.attrs, epoch, batch, row, check_composition=False)
         if not problems and self.bound:
@@ -290,6 +344,11 @@ class LabelStore:
                 f"{self.where}: entry (epoch={epoch}, batch={batch}): {path}: {message}. "
                 "Run `lpldstore verify` for a full report."
             )
+
+    def _entry(
+        self, row: Mapping[str, npt.NDArray[Any]], position: int, logits: npt.NDArray[np.floating[Any]]
+    ) -> Entry:
+        epoch, batch = self.plan.key_at(position)
         n = self.plan.batch_length(batch)
         return Entry(
             epoch=epoch,
