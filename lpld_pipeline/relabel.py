@@ -97,8 +97,9 @@ def relabel_entries(
         for epoch, batch in todo:
             idx = plan.batch_indices(epoch, batch)
             params = lpldstore.draw_params(relabel_cfg, hw, len(idx), epoch, batch)
+            # A copy: an sre2l plan's indices are a read-only view of its memoized permutation.
             x = lpldstore.apply_params(
-                pixels[torch.from_numpy(idx).to(device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
+                pixels[torch.tensor(idx, device=device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
             )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

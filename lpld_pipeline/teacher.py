@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import sys
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -324,7 +325,13 @@ def load_teacher(
                 f"Got {arch!r}; drop it."
             )
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch deprecates TorchScript in favour of torch.export, but a file the user chose to
+                # hand over is still to be read, without a warning about how it was made.
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning
+                )
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ArtifactError(
                 f"Cannot load TorchScript teacher {path.name!r}: {str(exc).splitlines()[0]}"
