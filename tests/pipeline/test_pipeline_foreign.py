@@ -48,8 +48,7 @@ def _resnet18(num_classes: int, seed: int = 0) -> torch.nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = resnet18(num_classes=num_classes).eval()
-    return model
+        return resnet18(num_classes=num_classes).eval()
 
 
 @pytest.fixture(scope="module")
