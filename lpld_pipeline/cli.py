@@ -96,7 +96,7 @@ _STAGES: dict[str, _Stage] = {
         config_cls=SynthesisConfig,
         presets=SYNTHESIS_PRESETS,
         target="lpld_pipeline.synthesize:synthesize",
-        resumes=False,
+        resumes=True,
         shortcuts={"out": "out", "squeeze_dir": "squeeze_dir", "device": "device"},
     ),
     "relabel": _Stage(
