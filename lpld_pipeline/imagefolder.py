@@ -48,7 +48,7 @@ def _class_files(folder: Path) -> list[Path]:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DataError(
                     f"Expected only JPEG or PNG images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders. "
-                    f"Got {path.relative_to(folder.parent)}; move it out of the image folder."
+                    f"Got {str(path.relative_to(folder.parent))!r}; move it out of the image folder."
                 )
             files.append(path)
     return files

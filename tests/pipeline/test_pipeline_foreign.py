@@ -209,32 +209,35 @@ def _one_line(capsys: pytest.CaptureFixture[str], status: int) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("missing teacher", "Expected a teacher file at"),
-        (
-            "no arch",
-            "Expected the model name of the plain state dict 'r18.pth' (e.g. --teacher-arch resnet18",
-        ),
-        ("unknown arch", "Expected teacher.arch 'tiny_resnet', a torchvision classification model"),
-        (
-            "timm missing",
-            "teacher 'timm:resnet18' is a timm model, and timm is not installed: pip install timm",
-        ),
-        (
-            "wrong classes",
-            "Expected 'r18_5classes.pth' to be a state dict of resnet18 with 3 classes. Its keys",
-        ),
-        ("wrong model", "Expected 'r18.pth' to be a state dict of mobilenet_v2 with 3 classes. Its keys"),
-        ("non-image file", "Expected only JPEG or PNG images (.jpg, .jpeg, .png) in the class folders. Got"),
-        ("empty class", "Expected at least one image in every class folder. Got none in 'emu'"),
-        ("two sizes", "Expected images of one size (or image_size > 0 to resize them)."),
-        ("bad std", "Expected std values > 0. Got (0.2, 0.0, 0.2) instead."),
-        ("no folder", "Expected an image folder (class folders of JPEG/PNG images) at"),
-        ("undecodable", "Expected a readable JPEG or PNG image. Got 'cat/broken.jpg'"),
-    ],
-)
+RELABEL_CASES = [
+    ("missing teacher", "Expected a teacher file at"),
+    (
+        "no arch",
+        "Expected the model name of the plain state dict 'r18.pth' (e.g. --teacher-arch resnet18",
+    ),
+    ("unknown arch", "Expected teacher.arch 'tiny_resnet', a torchvision classification model"),
+    (
+        "timm missing",
+        "teacher 'timm:resnet18' is a timm model, and timm is not installed: pip install timm",
+    ),
+    (
+        "wrong classes",
+        "Expected 'r18_5classes.pth' to be a state dict of resnet18 with 3 classes. Its keys",
+    ),
+    ("wrong model", "Expected 'r18.pth' to be a state dict of mobilenet_v2 with 3 classes. Its keys"),
+    (
+        "non-image file",
+        "Expected only JPEG or PNG images (.jpg, .jpeg, .png) in the class folders. Got 'dog/notes.txt'",
+    ),
+    ("empty class", "Expected at least one image in every class folder. Got none in 'emu'"),
+    ("two sizes", "Expected images of one size (or image_size > 0 to resize them)."),
+    ("bad std", "Expected std values > 0. Got (0.2, 0.0, 0.2) instead."),
+    ("no folder", "Expected an image folder (class folders of JPEG/PNG images) at"),
+    ("undecodable", "Expected a readable JPEG or PNG image. Got 'cat/broken.jpg'"),
+]
+
+
+@pytest.mark.parametrize(("case", "message"), RELABEL_CASES)
 def test_a_bad_input_is_one_line_and_writes_nothing(
     files: dict[str, Path],
     tmp_path: Path,
@@ -292,15 +295,18 @@ def good_store(files: dict[str, Path]) -> Path:
     return store
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("missing", "Expected a teacher file at"),
-        ("wrong state dict", "Expected 'r18_5classes.pth' to be a state dict of resnet18 with 3 classes"),
-        ("no arch", "Expected the model name of the plain state dict 'r18.pth'"),
-        ("torchscript with arch", "Expected no teacher arch for the TorchScript file 'r18.ts'"),
-    ],
-)
+VERIFY_CASES = [
+    ("verify missing", "Expected a teacher file at"),
+    (
+        "verify wrong state dict",
+        "Expected 'r18_5classes.pth' to be a state dict of resnet18 with 3 classes",
+    ),
+    ("verify no arch", "Expected the model name of the plain state dict 'r18.pth'"),
+    ("verify torchscript with arch", "Expected no teacher arch for the TorchScript file 'r18.ts'"),
+]
+
+
+@pytest.mark.parametrize(("case", "message"), VERIFY_CASES)
 def test_verify_teacher_bad_inputs_are_one_line(
     files: dict[str, Path],
     good_store: Path,
@@ -312,11 +318,11 @@ def test_verify_teacher_bad_inputs_are_one_line(
 ) -> None:
     monkeypatch.delenv("LPLD_DEBUG", raising=False)
     teacher, arch = files["state_dict"], ["--teacher-arch", "resnet18"]
-    if case == "missing":
+    if case == "verify missing":
         teacher = tmp_path / "gone.pth"
-    elif case == "wrong state dict":
+    elif case == "verify wrong state dict":
         teacher = files["other"]
-    elif case == "no arch":
+    elif case == "verify no arch":
         arch = []
     else:
         teacher = files["torchscript"]
@@ -364,3 +370,14 @@ def test_a_rerun_of_a_complete_relabel_says_so(
     captured = capsys.readouterr()
     assert "relabel: labels.zarr is complete; nothing to compute" in captured.err
     assert "computed 0 entries" in captured.out
+
+
+def test_the_catalogue_lists_every_case() -> None:
+    """docs/pipeline.md's bad-input table has one row per case above, and no other."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "pipeline.md").read_text()
+    table = text.split("## Bad-input catalogue", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z -]+)` \|", table, flags=re.MULTILINE))
+    cases = {case for case, _ in RELABEL_CASES + VERIFY_CASES}
+    assert listed == cases
