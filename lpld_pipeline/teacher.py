@@ -235,7 +235,10 @@ def _read_checkpoint(path: Path) -> Any:
 
 def load_teacher_checkpoint(path: str | Path) -> Teacher:
     """A teacher saved by :func:`save_teacher_checkpoint`."""
-    blob = _read_checkpoint(Path(path))
+    return _checkpoint_teacher(_read_checkpoint(Path(path)), path)
+
+
+def _checkpoint_teacher(blob: Any, path: str | Path) -> Teacher:
     if not (isinstance(blob, dict) and blob.get("format") == TEACHER_FORMAT):
         raise ArtifactError(f"Expected an {TEACHER_FORMAT!r} checkpoint at {str(path)!r}. Got another file.")
     if blob.get("format_version") != TEACHER_FORMAT_VERSION:
@@ -357,7 +360,7 @@ def load_teacher(
         return teacher
     blob = _read_checkpoint(path)
     if isinstance(blob, dict) and blob.get("format") == TEACHER_FORMAT:
-        teacher = load_teacher_checkpoint(path)
+        teacher = _checkpoint_teacher(blob, path)
         spec = teacher.spec
         if arch and arch != spec.arch:
             raise ConfigError(
