@@ -7,9 +7,11 @@ and a `--sampler sre2l` store exports to SRe2L exactly.
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from lpld_pipeline.teacher import NORMALIZATIONS, load_teacher
 from lpldstore.interop import export_store, import_labels, load_image_folder
 from lpldstore.testing import different_entries
 
-from ._stores import one_thread, stage_dirs, store_arrays, tiny_images, tiny_teacher  # noqa: F401
+from ._stores import CountingTeacher, one_thread, stage_dirs, tiny_images, tiny_teacher  # noqa: F401  (one_thread: autouse)
 
 CLASSES = ("cat", "dog", "fox")  # sorted: the labels are 0, 1, 2
 PER_CLASS = 4
@@ -381,3 +383,29 @@ def test_the_catalogue_lists_every_case() -> None:
     listed = set(re.findall(r"^\| `([a-z -]+)` \|", table, flags=re.MULTILINE))
     cases = {case for case, _ in RELABEL_CASES + VERIFY_CASES}
     assert listed == cases
+
+
+def test_a_rerun_of_a_crashed_relabel_says_where_it_resumes(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stage = importlib.import_module("lpld_pipeline.relabel")
+    real = stage.relabel_entries
+
+    def crashing(writer: Any, teacher: Any, images: Any, **kw: Any) -> int:
+        return int(real(writer, CountingTeacher(teacher, fail_on=3), images, **kw))
+
+    store = tmp_path / "labels.zarr"
+    argv = ["relabel", "--image-folder", str(files["folder"]), "--teacher", str(files["torchscript"])]
+    argv += ["--out", str(store), "--device", "cpu", "--quiet", *PLAN]
+    monkeypatch.setattr(stage, "relabel_entries", crashing)
+    monkeypatch.setenv("LPLD_DEBUG", "")
+    assert main(argv) == 2  # the simulated crash, after two entries
+    monkeypatch.setattr(stage, "relabel_entries", real)
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "relabel: resuming labels.zarr at entry 2 of 3" in captured.err
+    assert "computed 1 entries" in captured.out
