@@ -345,7 +345,7 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
             note(
                 f"train: {ckpt_path.parent.name} is complete; nothing to train"
                 if blob.get("done")
-                else f"train: resuming at epoch {progress.epoch} of {config.epochs} (step {progress.global_step})"
+                else f"train: resuming at step {progress.global_step} (epoch {progress.epoch + 1} of {config.epochs})"
             )
             if blob.get("done"):
                 return TrainResult(
