@@ -115,9 +115,9 @@ _STAGES: dict[str, _Stage] = {
             "device": "device",
         },
         options={
-            "image_size": ("image_size", {"type": int}),
-            "mean": ("mean", {"type": float, "nargs": 3}),
-            "std": ("std", {"type": float, "nargs": 3}),
+            "image_size": ("image_size", {"type": int, "metavar": "N"}),
+            "mean": ("mean", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
+            "std": ("std", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
             "sampler": ("sampler", {"choices": ("lpldstore", "sre2l")}),
         },
         summary=_relabel_summary,
@@ -199,10 +199,18 @@ def _parser() -> argparse.ArgumentParser:
         help="the model of a plain state dict: a torchvision name (resnet18) or timm:NAME",
     )
     verify.add_argument(
-        "--mean", type=float, nargs=3, help="the teacher's input mean (default: the one the store records)"
+        "--mean",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="the teacher's input mean (default: the one the store records)",
     )
     verify.add_argument(
-        "--std", type=float, nargs=3, help="the teacher's input std (default: the one the store records)"
+        "--std",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="the teacher's input std (default: the one the store records)",
     )
     verify.add_argument("--quiet", action="store_true", help="accepted for symmetry; verify shows no bars")
     verify.add_argument("--entries", type=int, default=8, help="entries to re-run the teacher on (default 8)")
