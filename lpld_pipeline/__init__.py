@@ -41,6 +41,7 @@ try:
         squeeze,
     )
     from lpld_pipeline.data import ImageDataset, build_dataset, load_digits_images
+    from lpld_pipeline.imagefolder import read_image_folder
     from lpld_pipeline.relabel import RelabelResult, relabel, relabel_entries, store_records
     from lpld_pipeline.run import RunReport, format_report, run
     from lpld_pipeline.synthesize import (
@@ -57,6 +58,7 @@ try:
         TeacherSpec,
         TinyResNet,
         build_model,
+        load_teacher,
         load_teacher_checkpoint,
         make_teacher,
         save_teacher_checkpoint,
@@ -132,10 +134,12 @@ __all__ = [
     "load_digits_images",
     "load_synthesized",
     "load_student_checkpoint",
+    "load_teacher",
     "load_teacher_checkpoint",
     "lr_factor",
     "make_teacher",
     "plan_groups",
+    "read_image_folder",
     "relabel",
     "relabel_entries",
     "resolve_config",

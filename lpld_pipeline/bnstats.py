@@ -382,6 +382,7 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
         seed=config.seed,
         device=device,
         views=training_views(data, config.seed) if config.teacher.train_augment else None,
+        progress=config.progress and rank == 0,
     )
     # Trained on the spot on several GPUs, ranks could differ in the last bits: rank 0's weights win.
     _broadcast_weights(teacher)

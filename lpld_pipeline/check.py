@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 
 import lpldstore
 from lpld_pipeline.errors import ConfigError
-from lpld_pipeline.teacher import load_teacher_checkpoint
+from lpld_pipeline.teacher import Teacher, load_teacher
 
 __all__ = ["EntryCheck", "TeacherReport", "check_against_teacher"]
 
@@ -75,13 +75,21 @@ def check_against_teacher(
     seed: int = 0,
     override_kernel: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    arch: str = "",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> TeacherReport:
-    """Re-run the teacher of ``teacher_checkpoint`` on ``entries`` committed entries drawn by ``seed``."""
+    """Re-run the teacher of ``teacher_checkpoint`` on ``entries`` committed entries drawn by ``seed``.
+
+    The teacher file takes the forms :func:`~lpld_pipeline.teacher.load_teacher` reads (an
+    lpld-teacher checkpoint, a TorchScript file, or a plain state dict of the model ``arch``
+    names); its normalization is ``mean``/``std``, by default the one the store records.
+    """
     if isinstance(entries, bool) or not isinstance(entries, int) or entries < 1:
         raise ConfigError(f"Expected --entries to be a positive integer. Got {entries!r} instead.")
-    teacher = load_teacher_checkpoint(os.fspath(teacher_checkpoint)).cpu().float()
     problems: list[str] = []
     with lpldstore.open_store(source, storage_options=storage_options) as store:
+        teacher = _teacher_for(store, teacher_checkpoint, arch=arch, mean=mean, std=std)
         relabel = store.relabel
         if relabel.teacher_sha256 and relabel.teacher_sha256 != teacher.sha256():
             problems.append(
@@ -111,6 +119,27 @@ def check_against_teacher(
             diff = float(np.abs(logits - stored).max(initial=0.0))
             checks.append(EntryCheck(entry.epoch, entry.batch, diff, tolerance))
         return TeacherReport(store.where, relabel.teacher, tuple(checks), tuple(problems))
+
+
+def _teacher_for(
+    store: lpldstore.LabelStore,
+    path: str | os.PathLike[str],
+    *,
+    arch: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> Teacher:
+    """The teacher in ``path``, with the store's classes and (unless given) its normalization."""
+    dataset = store.dataset
+    teacher = load_teacher(
+        os.fspath(path),
+        num_classes=dataset.num_classes,
+        arch=arch,
+        mean=mean,
+        std=std,
+        default_normalization=(dataset.mean, dataset.std),
+    )
+    return teacher.cpu().float()
 
 
 def format_teacher_report(report: TeacherReport) -> str:

@@ -11,6 +11,7 @@ dependency is reported by name instead of failing at start-up.
     lpld train --preset demo --store runs/demo/labels.zarr --out runs/demo/train
     lpld run                     # the demo preset end to end, with a report
     lpld verify runs/demo/labels.zarr --teacher runs/demo/squeeze/teacher.pt
+    lpld relabel --image-folder released/ --teacher r18.pth --teacher-arch resnet18 --out l.zarr
     torchrun --nproc-per-node 8 -m lpld_pipeline.cli synthesize --preset imagenet1k ...
 
 No command prints a traceback: a library error or an OS error is one line on stderr and exit
@@ -62,6 +63,8 @@ class _Stage:
     resumes: bool
     # Flags that are shortcuts for overrides: flag name -> config key.
     shortcuts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Typed shortcuts: flag name -> (config key, argparse keywords such as type, nargs, choices).
+    options: Mapping[str, tuple[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
     # One line to print after the stage ran, from its return value.
     summary: Callable[[Any], str] | None = None
 
@@ -93,7 +96,7 @@ _STAGES: dict[str, _Stage] = {
         config_cls=SynthesisConfig,
         presets=SYNTHESIS_PRESETS,
         target="lpld_pipeline.synthesize:synthesize",
-        resumes=False,
+        resumes=True,
         shortcuts={"out": "out", "squeeze_dir": "squeeze_dir", "device": "device"},
     ),
     "relabel": _Stage(
@@ -102,7 +105,21 @@ _STAGES: dict[str, _Stage] = {
         presets=RELABEL_PRESETS,
         target="lpld_pipeline.relabel:relabel",
         resumes=True,
-        shortcuts={"out": "out", "squeeze_dir": "squeeze_dir", "synth_dir": "synth_dir", "device": "device"},
+        shortcuts={
+            "out": "out",
+            "squeeze_dir": "squeeze_dir",
+            "synth_dir": "synth_dir",
+            "image_folder": "image_folder",
+            "teacher": "teacher",
+            "teacher_arch": "teacher_arch",
+            "device": "device",
+        },
+        options={
+            "image_size": ("image_size", {"type": int, "metavar": "N"}),
+            "mean": ("mean", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
+            "std": ("std", {"type": float, "nargs": 3, "metavar": ("R", "G", "B")}),
+            "sampler": ("sampler", {"choices": ("lpldstore", "sre2l")}),
+        },
         summary=_relabel_summary,
     ),
     "train": _Stage(
@@ -153,7 +170,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 f"--{flag.replace('_', '-')}", dest=flag, metavar="VALUE", help=f"same as --set {key}=..."
             )
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        for flag, (key, kwargs) in stage.options.items():
+            p.add_argument(
+                f"--{flag.replace('_', '-')}", dest=flag, help=f"same as --set {key}=...", **kwargs
+            )
+        p.add_argument(
+            "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars"
+        )
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     verify = sub.add_parser(
         "verify",
@@ -163,8 +186,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("store", help="store directory, .zip of one, or URL")
     verify.add_argument(
-        "--teacher", required=True, metavar="CKPT", help="the teacher checkpoint (teacher.pt)"
+        "--teacher",
+        required=True,
+        metavar="FILE",
+        help="the teacher: an lpld-teacher checkpoint (teacher.pt), a TorchScript file, or a plain state "
+        "dict with --teacher-arch",
     )
+    verify.add_argument(
+        "--teacher-arch",
+        default="",
+        metavar="NAME",
+        help="the model of a plain state dict: a torchvision name (resnet18) or timm:NAME",
+    )
+    verify.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="the teacher's input mean (default: the one the store records)",
+    )
+    verify.add_argument(
+        "--std",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
+        help="the teacher's input std (default: the one the store records)",
+    )
+    verify.add_argument("--quiet", action="store_true", help="accepted for symmetry; verify shows no bars")
     verify.add_argument("--entries", type=int, default=8, help="entries to re-run the teacher on (default 8)")
     verify.add_argument(
         "--override-kernel", action="store_true", help="replay a store made with another crop kernel anyway"
@@ -177,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_stage(stage: _Stage, args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for flag, key in stage.shortcuts.items():
+    flags = {**stage.shortcuts, **{flag: key for flag, (key, _) in stage.options.items()}}
+    for flag, key in flags.items():
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
@@ -201,7 +250,13 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     chunks = lpldstore.verify_store(args.store)
     report = check_against_teacher(
-        args.store, args.teacher, entries=args.entries, override_kernel=args.override_kernel
+        args.store,
+        args.teacher,
+        entries=args.entries,
+        override_kernel=args.override_kernel,
+        arch=args.teacher_arch,
+        mean=args.mean,
+        std=args.std,
     )
     if args.json:
         print(json.dumps({**chunks.to_dict(), "teacher": report.to_dict()}, indent=2))

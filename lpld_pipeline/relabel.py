@@ -27,10 +27,13 @@ from tqdm.auto import tqdm
 
 import lpldstore
 from lpld_pipeline import _dist, artifacts
+from lpld_pipeline._feedback import note
 from lpld_pipeline.config import DataConfig, RelabelStageConfig, config_from_dict, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
+from lpld_pipeline.imagefolder import read_image_folder
 from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
-from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
+from lpld_pipeline.teacher import Teacher, load_teacher
+from lpldstore.tools.identity import public_name
 
 __all__ = ["RelabelResult", "relabel", "relabel_entries", "store_records"]
 
@@ -94,8 +97,9 @@ def relabel_entries(
         for epoch, batch in todo:
             idx = plan.batch_indices(epoch, batch)
             params = lpldstore.draw_params(relabel_cfg, hw, len(idx), epoch, batch)
+            # A copy: an sre2l plan's indices are a read-only view of its memoized permutation.
             x = lpldstore.apply_params(
-                pixels[torch.from_numpy(idx).to(device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
+                pixels[torch.tensor(idx, device=device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
             )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -151,7 +155,8 @@ def store_records(
             ratio=config.ratio,
             strategy=config.strategy,
             seed=config.plan_seed,
-            last_batch=config.last_batch,
+            last_batch=config.effective_last_batch,
+            sampler=config.sampler,
         )
         out_hw = (config.output_size, config.output_size) if config.output_size else (int(h), int(w))
         relabel_cfg = lpldstore.RelabelConfig(
@@ -202,20 +207,87 @@ def _check_same_store(path: Path, records: dict[str, Any]) -> None:
             )
 
 
+# Config fields that hold local paths: the store's provenance names them by their last component.
+_PATH_FIELDS = ("squeeze_dir", "synth_dir", "image_folder", "teacher", "out")
+
+
+def provenance_record(config: RelabelStageConfig, teacher: Teacher) -> dict[str, Any]:
+    """The store's provenance: the config with every path reduced to its name, and the teacher's identity.
+
+    A store is published (``lpldstore card``, ``pack``), so it must not carry the directories of
+    the machine that made it; the images are named by the dataset record's SHA-256 and the
+    teacher by the SHA-256 of its weights.
+    """
+    settings = config_to_dict(config)
+    for key in _PATH_FIELDS:
+        if settings[key]:
+            settings[key] = public_name(settings[key])
+    return {
+        "stage": "relabel",
+        "config": settings,
+        "teacher": {
+            "arch": teacher.spec.arch,
+            "file": public_name(config.teacher or artifacts.TEACHER),
+            "sha256": teacher.sha256(),
+            "mean": list(teacher.spec.mean),
+            "std": list(teacher.spec.std),
+        },
+    }
+
+
+def _relabel_inputs(config: RelabelStageConfig) -> tuple[SynthesisResult, Teacher, str, bool]:
+    """The images, the teacher, the dataset's name and whether flips preserve its labels.
+
+    Everything is read and checked here, before the store is created, so a bad input leaves
+    nothing behind.
+    """
+    if not config.out:
+        raise ConfigError("Expected out (the store to write) for relabel. Got an empty string.")
+    if not (config.synth_dir or config.image_folder):
+        raise ConfigError(
+            "Expected the images: synth_dir (an `lpld synthesize` output) or image_folder (class folders of "
+            "JPEG/PNG images). Got neither."
+        )
+    if not (config.teacher or config.squeeze_dir):
+        raise ConfigError(
+            "Expected the teacher: teacher (a checkpoint, state dict or TorchScript file) or squeeze_dir "
+            "(an `lpld squeeze` output). Got neither."
+        )
+    if config.image_folder:
+        synth = read_image_folder(config.image_folder, image_size=config.image_size)
+    else:
+        if config.image_size:
+            raise ConfigError(
+                "Expected image_size 0 with synth_dir (synthesized images keep their size; use output_size "
+                f"for the crops). Got {config.image_size}."
+            )
+        synth = load_synthesized(config.synth_dir)
+    path = Path(config.teacher) if config.teacher else Path(config.squeeze_dir) / artifacts.TEACHER
+    teacher = load_teacher(
+        path,
+        num_classes=len(synth.class_names),
+        arch=config.teacher_arch,
+        mean=config.mean,
+        std=config.std,
+    )
+    if config.squeeze_dir:
+        name, flips_ok = _squeeze_data(Path(config.squeeze_dir))
+    else:
+        name = public_name(config.image_folder) if config.image_folder else "distilled"
+        flips_ok = True
+    return synth, teacher, name, flips_ok
+
+
 def relabel(config: RelabelStageConfig) -> RelabelResult:
     """Run the relabel stage: fill (or continue filling) the store at ``config.out``."""
-    for key in ("squeeze_dir", "synth_dir", "out"):
-        if not getattr(config, key):
-            raise ConfigError(f"Expected {key} for relabel. Got an empty string.")
-    squeeze_dir, out = Path(config.squeeze_dir), Path(config.out)
+    synth, teacher, name, flips_ok = _relabel_inputs(config)
+    out = Path(config.out)
     device = _dist.resolve_device(config.device)
     _dist.init_from_env(device)
     rank, world = _dist.rank_and_world()
-    teacher = load_teacher_checkpoint(squeeze_dir / artifacts.TEACHER).to(device)
+    teacher = teacher.to(device)
     if config.channels_last:
         teacher.model.to(memory_format=torch.channels_last)
-    synth = load_synthesized(config.synth_dir)
-    name, flips_ok = _squeeze_data(squeeze_dir)
     records = store_records(config, teacher, synth, name, flip_preserves_labels=flips_ok)
     existed = out.exists()
     _barrier()  # every rank has looked before rank 0 may create the store
@@ -228,7 +300,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
         _check_same_store(out, records)
     start = time.perf_counter()
     part = (rank, world)
-    provenance = {"stage": "relabel", "config": config_to_dict(config)}
+    provenance = provenance_record(config, teacher)
     if not existed and rank == 0:
         writer = lpldstore.StoreWriter.create(
             out, images=synth.images, labels=synth.labels, config=provenance, part=part, **records
@@ -236,6 +308,14 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
     _barrier()
     if existed or rank != 0:
         writer = lpldstore.StoreWriter.open(out, part=part)
+    if existed:
+        left = len(writer.todo())
+        mine = _part_size(records["plan"].num_kept, records["layout"].block_entries, rank, world)
+        note(
+            f"relabel: {out.name} is complete; nothing to compute"
+            if left == 0
+            else f"relabel: resuming {out.name} at entry {mine - left} of {mine}"
+        )
     with writer:
         computed = relabel_entries(
             writer,
@@ -255,6 +335,11 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
         entries_planned=plan.total_entries,
         seconds=time.perf_counter() - start,
     )
+
+
+def _part_size(kept: int, block: int, rank: int, world: int) -> int:
+    """How many kept entries part ``rank`` of ``world`` holds: the writer gives parts whole blocks in turn."""
+    return int(((np.arange(kept) // block) % world == rank).sum())
 
 
 def _barrier() -> None:

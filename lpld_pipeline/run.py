@@ -20,6 +20,7 @@ import torch
 
 import lpldstore
 from lpld_pipeline import _dist, artifacts
+from lpld_pipeline._feedback import note
 from lpld_pipeline.bnstats import squeeze
 from lpld_pipeline.config import RunConfig, config_to_dict
 from lpld_pipeline.relabel import relabel
@@ -86,15 +87,21 @@ def _run(config: RunConfig) -> RunReport:
         seconds[name] = round(time.perf_counter() - t0, 2)
         return result
 
+    note(f"[1/4] squeeze: teacher and class-wise BN statistics -> {sq.out}")
     if _same_output(Path(sq.out), "squeeze", sq, (artifacts.CLASS_STATS, artifacts.TEACHER)):
         skipped.append("squeeze")
+        note(f"squeeze: {Path(sq.out).name} holds its output for this config; resuming at synthesize")
     else:
         timed("squeeze", squeeze, sq)
+    note(f"[2/4] synthesize: {sy.ipc} images per class -> {sy.out}")
     if _same_output(Path(sy.out), "synthesize", sy, ()) and any(Path(sy.out).glob(artifacts.IMAGES_GLOB)):
         skipped.append("synthesize")
+        note(f"synthesize: {Path(sy.out).name} holds its output for this config; resuming at relabel")
     else:
         timed("synthesize", synthesize, sy)
+    note(f"[3/4] relabel: the teacher's soft labels -> {rl.out}")
     timed("relabel", relabel, rl)
+    note(f"[4/4] train: a student from the store -> {tr.out}")
     result = timed("train", train, tr)
     seconds["total"] = round(sum(seconds.values()), 2)
 

@@ -16,10 +16,13 @@ images as one group at a time; the random draws are pure functions of (seed, gro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lpld_pipeline import _augment, _dist, artifacts
+from lpld_pipeline._feedback import note
 from lpld_pipeline.bnstats import ClassBNStats, batchnorm_layers, load_class_stats
 from lpld_pipeline.config import SynthesisConfig, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
@@ -50,6 +54,10 @@ __all__ = [
 ]
 
 GLOBAL = -1  # target of a group matched to the teacher's global running statistics
+# Where an interrupted synthesis keeps its finished batches (under the output directory), and the
+# config fields that do not change the pixels of a batch.
+_PARTIAL = ".partial"
+_NOT_IN_PIXELS = ("out", "progress", "device", "write_imagefolder", "image_format", "jpeg_quality")
 _MIXED_KEY = -1  # first key column of mixed-mode groups; class indices are >= 0
 
 
@@ -220,6 +228,57 @@ def _optimize(
     return x.detach()
 
 
+class _Parts:
+    """Each finished batch's pixels as one file, so that an interrupted synthesis resumes.
+
+    A batch's images are a pure function of the config, the teacher and the batch's groups, so a
+    batch read back equals the batch computed again, bit for bit. Files appear complete or not at
+    all (written beside, then renamed). ``stamp`` names what made them: parts of another config,
+    teacher or world size are discarded.
+    """
+
+    def __init__(self, directory: Path, stamp: dict[str, Any]) -> None:
+        self.directory = directory
+        stamp_path = directory / "stamp.json"
+        if directory.is_dir():
+            try:
+                same = json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                note(
+                    f"synthesize: discarding the partial output of another config in {directory.parent.name}"
+                )
+                shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not stamp_path.is_file():
+            tmp = stamp_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stamp, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, stamp_path)
+
+    def path(self, batch: int) -> Path:
+        return self.directory / f"batch-{batch:06d}.npy"
+
+    def load(self, batch: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The batch's uint8 NHWC pixels if a complete file of that shape is there, else None."""
+        try:
+            pixels = np.load(self.path(batch))
+        except (OSError, ValueError):
+            return None
+        return torch.from_numpy(pixels) if pixels.shape == shape and pixels.dtype == np.uint8 else None
+
+    def save(self, batch: int, pixels: torch.Tensor) -> None:
+        path = self.path(batch)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, pixels.numpy())
+        os.replace(tmp, path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.directory.parent.rmdir()  # the last rank to finish removes the empty parent
+
+
 def synthesize_images(
     teacher: Teacher,
     stats: ClassBNStats | None,
@@ -231,8 +290,12 @@ def synthesize_images(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     callback: Callable[[int, int], None] | None = None,
+    parts: _Parts | None = None,
 ) -> SynthesisResult:
     """Synthesize ``config.ipc`` images per class; this rank's share under torchrun.
+
+    With ``parts``, every finished batch is saved there and a batch already saved is read back
+    instead of computed (an interrupted synthesis resumes; the result is the same bit for bit).
 
     ``stats`` may be None only for modes that match global statistics. ``callback(batch,
     iteration)`` runs after every optimizer step (timing, logging). ``config.channels_last``
@@ -278,8 +341,18 @@ def synthesize_images(
         disable=None if progress and rank == 0 else True,
         file=sys.stderr,
     )
+    shapes = [(sum(len(g.labels) for g in batch), image_size, image_size, 3) for batch in batches]
+    saved = {} if parts is None else {b: parts.load(b, shapes[b]) for b in range(len(batches))}
+    done = sum(v is not None for v in saved.values())
+    if done:
+        note(f"synthesize: resuming: {done} of {len(batches)} batches are done; skipping them")
     try:
         for b, batch in enumerate(batches):
+            part = saved.get(b)
+            if part is not None:
+                outputs.append(part)
+                bar.update(config.iterations)
+                continue
             match.set_targets(stats, [g.target for g in batch], device, dtype)
             step = None if callback is None else functools.partial(callback, b)
             z = _optimize(
@@ -295,7 +368,9 @@ def synthesize_images(
                 callback=step,
             )
             pixels = teacher.denormalize(z).clamp(0, 1).mul(255).round().to(torch.uint8)
-            outputs.append(pixels.permute(0, 2, 3, 1).cpu())
+            outputs.append(pixels.permute(0, 2, 3, 1).cpu().contiguous())
+            if parts is not None:
+                parts.save(b, outputs[-1])
     finally:
         match.remove()
         bar.close()
@@ -365,6 +440,16 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
     stats = load_class_stats(squeeze_dir)
     teacher = load_teacher_checkpoint(squeeze_dir / artifacts.TEACHER)
     stats.check_teacher(teacher)
+    parts = None
+    if config.out:
+        # What a batch's pixels depend on; progress bars, the output's formats and place do not count.
+        stamp = {
+            "config": {k: v for k, v in config_to_dict(config).items() if k not in _NOT_IN_PIXELS},
+            "teacher_sha256": stats.teacher_sha256,
+            "device": device.type,
+            "world": world,
+        }
+        parts = _Parts(Path(config.out) / _PARTIAL / f"rank{rank:03d}-of-{world:03d}", stamp)
     start = time.perf_counter()
     result = synthesize_images(
         teacher,
@@ -374,6 +459,7 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
         class_names=stats.class_names,
         device=device,
         progress=config.progress,
+        parts=parts,
     )
     seconds = time.perf_counter() - start
     raw = result
@@ -409,4 +495,6 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
                 "seconds_rank0": round(seconds, 3),
             }
             artifacts.write_record(out, "synthesize", record)
+        if parts is not None:
+            parts.remove()  # this rank's images are in its images file now
     return result

@@ -17,6 +17,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
+import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from lpld_pipeline.config import TeacherConfig
-from lpld_pipeline.errors import ArtifactError, ConfigError
+from lpld_pipeline.errors import ArtifactError, ConfigError, MissingDependencyError
 from lpld_pipeline.views import Views
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "TeacherSpec",
     "TinyResNet",
     "build_model",
+    "load_teacher",
     "load_teacher_checkpoint",
     "make_teacher",
     "save_teacher_checkpoint",
@@ -44,6 +50,10 @@ __all__ = [
 
 TEACHER_FORMAT = "lpld-teacher"
 TEACHER_FORMAT_VERSION = 1
+# The arch recorded for a TorchScript teacher (its module carries its own code), and the prefix
+# that names a timm model (``timm:convnext_tiny``).
+TORCHSCRIPT = "torchscript"
+TIMM_PREFIX = "timm:"
 
 # Per-channel (mean, std) on [0, 1] pixels. Tiny-ImageNet's are the ones its reference teacher used.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -117,12 +127,14 @@ def build_model(spec: TeacherSpec, *, pretrained: bool = False) -> nn.Module:
                 "Expected teacher.weights other than 'pretrained' for tiny_resnet (it has none)."
             )
         return TinyResNet(spec.num_classes, spec.width)
+    if spec.arch.startswith(TIMM_PREFIX):
+        return _timm_model(spec, pretrained=pretrained)
     from torchvision import models
 
     if spec.arch not in models.list_models(module=models):
         raise ConfigError(
-            f"Expected teacher.arch 'tiny_resnet' or a torchvision classification model "
-            f"(e.g. resnet18, resnet50, mobilenet_v2). Got {spec.arch!r} instead."
+            f"Expected teacher.arch 'tiny_resnet', a torchvision classification model "
+            f"(e.g. resnet18, resnet50, mobilenet_v2) or 'timm:NAME'. Got {spec.arch!r} instead."
         )
     if pretrained:
         weights = models.get_model_weights(spec.arch).DEFAULT
@@ -141,6 +153,22 @@ def build_model(spec: TeacherSpec, *, pretrained: bool = False) -> nn.Module:
         out_channels = int(model.conv1.out_channels)  # type: ignore[union-attr,arg-type]
         model.conv1 = nn.Conv2d(3, out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
+    return model
+
+
+def _timm_model(spec: TeacherSpec, *, pretrained: bool) -> nn.Module:
+    name = spec.arch.removeprefix(TIMM_PREFIX)
+    try:
+        import timm
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"teacher {spec.arch!r} is a timm model, and timm is not installed: pip install timm"
+        ) from exc
+    if not timm.is_model(name):
+        raise ConfigError(
+            f"Expected a timm model name after 'timm:' (see timm.list_models()). Got {name!r} instead."
+        )
+    model: nn.Module = timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes)
     return model
 
 
@@ -207,7 +235,10 @@ def _read_checkpoint(path: Path) -> Any:
 
 def load_teacher_checkpoint(path: str | Path) -> Teacher:
     """A teacher saved by :func:`save_teacher_checkpoint`."""
-    blob = _read_checkpoint(Path(path))
+    return _checkpoint_teacher(_read_checkpoint(Path(path)), path)
+
+
+def _checkpoint_teacher(blob: Any, path: str | Path) -> Teacher:
     if not (isinstance(blob, dict) and blob.get("format") == TEACHER_FORMAT):
         raise ArtifactError(f"Expected an {TEACHER_FORMAT!r} checkpoint at {str(path)!r}. Got another file.")
     if blob.get("format_version") != TEACHER_FORMAT_VERSION:
@@ -218,6 +249,153 @@ def load_teacher_checkpoint(path: str | Path) -> Teacher:
     spec = TeacherSpec.from_json(blob["spec"])
     model = build_model(spec)
     model.load_state_dict(blob["state_dict"])
+    return Teacher(model, spec)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``): a zip with a ``constants.pkl``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+
+
+def _fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """One line on how ``state`` does not fit ``model`` ('' if it fits): keys and shapes, a few of each."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{more})")
+    return "; ".join(parts)
+
+
+def _normalization(
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    default: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    default_mean, default_std = default or NORMALIZATIONS["imagenet"]
+    out = []
+    for name, given, fallback in (("mean", mean, default_mean), ("std", std, default_std)):
+        value = tuple(float(v) for v in (fallback if given is None else given))
+        if len(value) != 3 or (name == "std" and min(value) <= 0):
+            raise ConfigError(
+                f"Expected --{name} as three numbers (one per RGB channel{', each > 0' if name == 'std' else ''}). "
+                f"Got {list(value)!r} instead."
+            )
+        out.append(tuple(value))
+    return out[0], out[1]  # type: ignore[return-value]
+
+
+def load_teacher(
+    path: str | Path,
+    *,
+    num_classes: int,
+    arch: str = "",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    default_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Teacher:
+    """A teacher from a file in any of three forms, checked against ``num_classes`` before any use.
+
+    - an ``lpld-teacher`` checkpoint (``lpld squeeze``'s ``teacher.pt``): it records its own
+      architecture and normalization, so ``arch``, ``mean`` and ``std`` must be unset or agree;
+    - a TorchScript file (``torch.jit.save``): the module as saved; ``arch`` must be unset;
+    - a plain state dict (``torch.save(model.state_dict())``, also under a ``model`` or
+      ``state_dict`` key, ``module.`` prefixes removed) of the model ``arch`` names: a torchvision
+      classification model (``resnet18``) or ``timm:NAME`` (needs timm), built with
+      ``num_classes`` outputs.
+
+    ``mean``/``std`` are the normalization the teacher expects on [0, 1] pixels; where None, a
+    TorchScript or state-dict teacher takes ``default_normalization`` (None: ImageNet's). A TorchScript teacher is run once on a blank image to check its number of outputs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Expected a teacher file at {str(path)!r}. Got no such file instead.")
+    if _is_torchscript(path):
+        if arch:
+            raise ConfigError(
+                f"Expected no teacher arch for the TorchScript file {path.name!r} (it holds its own module). "
+                f"Got {arch!r}; drop it."
+            )
+        try:
+            with warnings.catch_warnings():
+                # torch deprecates TorchScript in favour of torch.export, but a file the user chose to
+                # hand over is still to be read, without a warning about how it was made.
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning
+                )
+                module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise ArtifactError(
+                f"Cannot load TorchScript teacher {path.name!r}: {str(exc).splitlines()[0]}"
+            ) from exc
+        m, s = _normalization(mean, std, default_normalization)
+        teacher = Teacher(
+            module, TeacherSpec(arch=TORCHSCRIPT, num_classes=num_classes, mean=m, std=s, source=path.name)
+        )
+        with torch.no_grad():
+            try:
+                got = teacher(torch.zeros(1, 3, 32, 32))
+            except Exception as exc:
+                raise ArtifactError(
+                    f"Cannot run TorchScript teacher {path.name!r} on a (1, 3, 32, 32) batch: "
+                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                ) from exc
+        if not (isinstance(got, torch.Tensor) and got.shape == (1, num_classes)):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise ArtifactError(
+                f"Expected TorchScript teacher {path.name!r} to return logits of shape (1, {num_classes}) "
+                f"({num_classes} classes). Got {shape} instead."
+            )
+        return teacher
+    blob = _read_checkpoint(path)
+    if isinstance(blob, dict) and blob.get("format") == TEACHER_FORMAT:
+        teacher = _checkpoint_teacher(blob, path)
+        spec = teacher.spec
+        if arch and arch != spec.arch:
+            raise ConfigError(
+                f"Expected teacher arch {spec.arch!r} or none for {path.name!r} (an lpld-teacher checkpoint). "
+                f"Got {arch!r}; drop it."
+            )
+        for name, given, own in (("mean", mean, spec.mean), ("std", std, spec.std)):
+            if given is not None and tuple(float(v) for v in given) != tuple(own):
+                raise ConfigError(
+                    f"Expected --{name} {list(own)} or none for {path.name!r}, whose checkpoint records it. "
+                    f"Got {list(given)}; drop it."
+                )
+        if spec.num_classes != num_classes:
+            raise ArtifactError(
+                f"Expected a teacher with {num_classes} classes (the images'). Got {spec.num_classes} in "
+                f"{path.name!r}; use the teacher of this dataset."
+            )
+        return teacher
+    if not arch:
+        raise ConfigError(
+            f"Expected the model name of the plain state dict {path.name!r} (e.g. --teacher-arch resnet18, "
+            "or timm:NAME). Got none."
+        )
+    state = _foreign_state_dict(blob, path)
+    m, s = _normalization(mean, std, default_normalization)
+    spec = TeacherSpec(arch=arch, num_classes=num_classes, mean=m, std=s, source=path.name)
+    with torch.random.fork_rng(devices=[]):  # module init draws; the weights are replaced anyway
+        model = build_model(spec)
+    problems = _fit_problems(model, state)
+    if problems:
+        raise ArtifactError(
+            f"Expected {path.name!r} to be a state dict of {arch} with {num_classes} classes. Its keys do not "
+            f"fit: {problems}. Name the model it was saved from."
+        )
+    model.load_state_dict(state)
     return Teacher(model, spec)
 
 
@@ -257,10 +435,12 @@ def train_teacher(
     seed: int,
     device: torch.device,
     views: Views | None = None,
+    progress: bool = False,
 ) -> None:
     """Train ``teacher`` on ``dataset`` in place (SGD, cosine schedule); it ends in eval mode.
 
     With ``views``, every batch is replaced by its training views (epoch, batch index) first.
+    ``progress`` shows a bar over all steps on stderr.
     """
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, generator=generator)
@@ -271,6 +451,13 @@ def train_teacher(
     )
     steps = max(1, config.train_epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    bar = tqdm(
+        total=config.train_epochs * len(loader),
+        desc="teacher",
+        unit="step",
+        disable=None if progress else True,
+        file=sys.stderr,
+    )
     for epoch in range(config.train_epochs):
         for index, (x, y) in enumerate(loader):
             x = x.to(device)
@@ -281,6 +468,8 @@ def train_teacher(
             loss.backward()
             opt.step()
             sched.step()
+            bar.update(1)
+    bar.close()
     model.eval().requires_grad_(False)
 
 
@@ -308,6 +497,7 @@ def make_teacher(
     seed: int = 0,
     device: torch.device | None = None,
     views: Views | None = None,
+    progress: bool = False,
 ) -> Teacher:
     """Build the teacher ``config`` names: trained on ``train_data``, random, pretrained or loaded.
 
@@ -359,5 +549,5 @@ def make_teacher(
             raise ConfigError("Expected training data for teacher.weights='train'.")
         if config.train_augment and views is None:
             raise ConfigError("Expected the training views for teacher.train_augment=true. Got none.")
-        train_teacher(teacher, train_data, config, seed=seed, device=device, views=views)
+        train_teacher(teacher, train_data, config, seed=seed, device=device, views=views, progress=progress)
     return teacher

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 import lpldstore
 from lpld_pipeline import _dist, artifacts
+from lpld_pipeline._feedback import note
 from lpld_pipeline.config import TrainConfig, config_to_dict
 from lpld_pipeline.data import build_dataset, class_names_of
 from lpld_pipeline.errors import ArtifactError, ConfigError, DataError
@@ -340,6 +341,11 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
                 global_step=int(blob["global_step"]),
                 best_top1=float(blob["best_top1"]),
                 top1=float(blob.get("top1", float("nan"))),
+            )
+            note(
+                f"train: {ckpt_path.parent.name} is complete; nothing to train"
+                if blob.get("done")
+                else f"train: resuming at step {progress.global_step} (epoch {progress.epoch + 1} of {config.epochs})"
             )
             if blob.get("done"):
                 return TrainResult(

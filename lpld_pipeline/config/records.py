@@ -222,10 +222,19 @@ class SynthesisConfig:
 class RelabelStageConfig:
     """Stage 3: the teacher's soft labels for the kept entries of a pruning plan, into a store.
 
-    The teacher is ``squeeze_dir``'s ``teacher.pt``; the images are ``synth_dir``'s
-    ``images.npz``. The plan is ``epochs`` augmentation epochs of ``batch_size`` images, pruned to
+    The images are ``synth_dir``'s ``images*.npz`` (``lpld synthesize``'s output) or, instead, the
+    ImageFolder at ``image_folder`` (class folders of JPEG/PNG files, e.g. a released distilled
+    set); ``image_size`` 0 requires its images to share one size, N resizes and centre-crops them
+    to N x N (:mod:`lpld_pipeline.imagefolder`). The teacher is ``teacher`` if set, else
+    ``squeeze_dir``'s ``teacher.pt``: an ``lpld-teacher`` checkpoint, a TorchScript file, or a
+    plain state dict of the model ``teacher_arch`` names (a torchvision model, or ``timm:NAME``),
+    whose input normalization is ``mean``/``std`` (None: ImageNet's; an lpld-teacher checkpoint
+    records its own). The plan is ``epochs`` augmentation epochs of ``batch_size`` images, pruned to
     ``1/ratio`` by ``strategy`` (``prefix``, ``random``, ``epoch``); only its kept entries are ever
-    computed. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``; the
+    computed. ``sampler`` ``sre2l`` draws the batches as SRe2L's relabel script does (torch's
+    ``RandomSampler`` seeded ``plan_seed``, 42 there), so that ``lpldstore export --to sre2l`` of the
+    store is exact; ``last_batch`` None is ``drop`` for the ``lpldstore`` sampler and ``pad`` (SRe2L's
+    ``drop_last=False``) for ``sre2l``. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``; the
     ImageNet-21K recipe's cutout is not offered yet (the store does not keep cutout arrays).
     ``codec`` / ``codec_params`` name the logits codec (``lpldstore.CodecConfig``). ``flip_prob``
     None flips half the images where the squeeze data's flips preserve labels and none elsewhere.
@@ -236,13 +245,20 @@ class RelabelStageConfig:
 
     squeeze_dir: str = ""
     synth_dir: str = ""
+    image_folder: str = ""
+    image_size: int = 0
+    teacher: str = ""
+    teacher_arch: str = ""
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     out: str = ""
     batch_size: int = 128
     epochs: int = 300
     ratio: float = 40.0
     strategy: Literal["prefix", "random", "epoch"] = "prefix"
     plan_seed: int = 42
-    last_batch: Literal["drop", "pad"] = "drop"
+    sampler: Literal["lpldstore", "sre2l"] = "lpldstore"
+    last_batch: Literal["drop", "pad"] | None = None
     output_size: int = 0
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -264,10 +280,27 @@ class RelabelStageConfig:
         require(self.epochs >= 1, "epochs >= 1", self.epochs)
         require(self.ratio >= 1 and math.isfinite(self.ratio), "a finite ratio >= 1", self.ratio)
         require(self.output_size >= 0, "output_size >= 0 (0 means the image size)", self.output_size)
+        require(self.image_size >= 0, "image_size >= 0 (0: the images' own size)", self.image_size)
+        require(
+            not (self.synth_dir and self.image_folder),
+            "synth_dir or image_folder, not both (they are two sources of images)",
+            (self.synth_dir, self.image_folder),
+        )
+        require(self.sampler in ("lpldstore", "sre2l"), "sampler 'lpldstore' or 'sre2l'", self.sampler)
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            require(value is None or len(value) == 3, f"{name} as three numbers (R, G, B) or null", value)
+        require(self.std is None or min(self.std) > 0, "std values > 0", self.std)
         require(
             self.flip_prob is None or 0 <= self.flip_prob <= 1, "flip_prob in [0, 1] or null", self.flip_prob
         )
         require(self.block_entries >= 1, "block_entries >= 1", self.block_entries)
+
+    @property
+    def effective_last_batch(self) -> Literal["drop", "pad"]:
+        """``last_batch``, or the sampler's own choice when it is None."""
+        if self.last_batch is not None:
+            return self.last_batch
+        return "pad" if self.sampler == "sre2l" else "drop"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -54,7 +54,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ("relabel", "lpld_pipeline.relabel", "relabel", "interrupted; rerun the same command to resume"),
         ("run", "lpld_pipeline.run", "run", "interrupted; rerun the same command to resume"),
         ("squeeze", "lpld_pipeline.bnstats", "squeeze", "interrupted"),
-        ("synthesize", "lpld_pipeline.synthesize", "synthesize", "interrupted"),
+        (
+            "synthesize",
+            "lpld_pipeline.synthesize",
+            "synthesize",
+            "interrupted; rerun the same command to resume",
+        ),
     ],
 )
 def test_ctrl_c_is_one_line_and_130(

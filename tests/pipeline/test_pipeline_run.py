@@ -24,7 +24,16 @@ def test_run_does_every_stage_and_prints_the_report(
 ) -> None:
     out = tmp_path / "demo"
     assert main(["run", "--out", str(out), "--no-progress", "--device", "cpu", *TINY]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    headers = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert [h.split(":")[0] for h in headers] == [
+        "[1/4] squeeze",
+        "[2/4] synthesize",
+        "[3/4] relabel",
+        "[4/4] train",
+    ]
+    assert "resuming" not in captured.err
     assert "student top-1 on the real validation set" in text
     assert "chance 10.00%" in text
     assert "logits" in text  # the storage table, as `lpldstore info` prints it
@@ -38,7 +47,12 @@ def test_run_does_every_stage_and_prints_the_report(
     assert (out / "train" / "checkpoint.pt").is_file()
 
     # A rerun finds every output in place: squeeze and synthesize are skipped, relabel and train resume.
-    assert main(["run", "--out", str(out), "--no-progress", "--device", "cpu", *TINY]) == 0
+    assert main(["run", "--out", str(out), "--quiet", "--device", "cpu", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "squeeze: squeeze holds its output for this config; resuming at synthesize" in err
+    assert "synthesize: synth holds its output for this config; resuming at relabel" in err
+    assert "relabel: labels.zarr is complete; nothing to compute" in err
+    assert "train: train is complete; nothing to train" in err
     again = json.loads((out / "report.json").read_text())
     assert again["skipped"] == ["squeeze", "synthesize"]
     assert again["top1"] == report["top1"]

@@ -86,7 +86,9 @@ def test_a_few_cpu_steps_lower_the_loss(store: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "t" / "train.json").read_text())["result"]["steps"] == 12
 
 
-def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     whole = _config(store, tmp_path / "whole", checkpoint_every_steps=3, batch_size=3)
     train(whole)
     crashed = dataclasses.replace(whole, out=str(tmp_path / "crash"))
@@ -101,8 +103,11 @@ def test_resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run(store: P
     # The last checkpoint is mid-epoch: step 2 of epoch 1 (epochs of 7 steps: 20 samples / 3).
     assert (saved["global_step"], saved["epoch"], saved["loader"]["step"]) == (9, 1, 2)
     assert not saved["done"]
+    capsys.readouterr()
     resumed = train(crashed)
+    assert "train: resuming at step 9 (epoch 2 of 3)" in capsys.readouterr().err
     assert resumed.steps == train(whole).steps  # the finished run is not trained again
+    assert "train: whole is complete; nothing to train" in capsys.readouterr().err
     a = load_student_checkpoint(tmp_path / "whole")["model"]
     b = load_student_checkpoint(tmp_path / "crash")["model"]
     for name, value in a.items():
