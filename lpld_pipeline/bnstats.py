@@ -412,4 +412,5 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
             val = build_dataset(config.data, "val")
             record["teacher_val_accuracy"] = teacher_accuracy(teacher, val, device=device)
         artifacts.write_record(out, "squeeze", record)
+    _dist.barrier()  # the other ranks return once rank 0's files are complete, for the next stage
     return stats

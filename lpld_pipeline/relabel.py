@@ -218,7 +218,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
     name, flips_ok = _squeeze_data(squeeze_dir)
     records = store_records(config, teacher, synth, name, flip_preserves_labels=flips_ok)
     existed = out.exists()
-    _barrier()  # every rank has looked before rank 0 may create the store
+    _dist.barrier()  # every rank has looked before rank 0 may create the store
     if existed and not config.resume:
         raise ConfigError(
             f"Expected no store at {str(out)!r} with resume=false. Got an existing path; choose another out, "
@@ -233,7 +233,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
         writer = lpldstore.StoreWriter.create(
             out, images=synth.images, labels=synth.labels, config=provenance, part=part, **records
         )
-    _barrier()
+    _dist.barrier()
     if existed or rank != 0:
         writer = lpldstore.StoreWriter.open(out, part=part)
     with writer:
@@ -246,7 +246,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
             channels_last=config.channels_last,
             progress=config.progress,
         )
-    _barrier()
+    _dist.barrier()
     plan = records["plan"]
     return RelabelResult(
         store=str(out),
@@ -255,10 +255,3 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
         entries_planned=plan.total_entries,
         seconds=time.perf_counter() - start,
     )
-
-
-def _barrier() -> None:
-    if _dist.rank_and_world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()

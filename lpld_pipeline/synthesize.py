@@ -409,4 +409,5 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
                 "seconds_rank0": round(seconds, 3),
             }
             artifacts.write_record(out, "synthesize", record)
+    _dist.barrier()  # every rank's shard and rank 0's record exist before any rank reads them
     return result
