@@ -29,6 +29,7 @@ import lpldstore
 from lpld_pipeline import _dist, artifacts
 from lpld_pipeline.config import DataConfig, RelabelStageConfig, config_from_dict, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
+from lpld_pipeline.precision import recorded_precision, relabel_precision
 from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
 from lpld_pipeline.teacher import Teacher, load_teacher_checkpoint
 
@@ -202,6 +203,18 @@ def _check_same_store(path: Path, records: dict[str, Any]) -> None:
             )
 
 
+def _check_same_precision(path: Path, precision: dict[str, Any]) -> None:
+    with lpldstore.open_store(path) as store:
+        stored = recorded_precision(store.provenance.config)
+    if stored is not None and stored["precision"] != precision["precision"]:
+        raise ConfigError(
+            f"Expected to continue the store at {str(path)!r} in the precision it was started in "
+            f"({stored['precision']} on {stored['device_type']}), so that `lpld verify --teacher` can check "
+            f"every entry alike. Got {precision['precision']} on {precision['device_type']}; set amp (and "
+            "device) as the first run did, or start another store."
+        )
+
+
 def relabel(config: RelabelStageConfig) -> RelabelResult:
     """Run the relabel stage: fill (or continue filling) the store at ``config.out``."""
     for key in ("squeeze_dir", "synth_dir", "out"):
@@ -224,11 +237,14 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
             f"Expected no store at {str(out)!r} with resume=false. Got an existing path; choose another out, "
             "delete it, or set resume=true to continue it."
         )
+    # What `verify --teacher` must reproduce: the arithmetic of this run, recorded with the store.
+    precision = relabel_precision(autocast_dtype(config.amp, device), device)
     if existed:
         _check_same_store(out, records)
+        _check_same_precision(out, precision)
     start = time.perf_counter()
     part = (rank, world)
-    provenance = {"stage": "relabel", "config": config_to_dict(config)}
+    provenance = {"stage": "relabel", "config": config_to_dict(config), "precision": precision}
     if not existed and rank == 0:
         writer = lpldstore.StoreWriter.create(
             out, images=synth.images, labels=synth.labels, config=provenance, part=part, **records
