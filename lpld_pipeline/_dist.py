@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -89,3 +91,21 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
             dist.all_reduce(moved, op=dist.ReduceOp.SUM)
             tensor.copy_(moved)
     return tensor
+
+
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """cuDNN's algorithm search (``cudnn.benchmark``) for the block, on a GPU only, restored after.
+
+    The stages run fixed shapes for thousands of steps: timing the convolution algorithms once per
+    shape pays. Scoped to a stage's run so that the flag does not leak into the caller.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -66,7 +66,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 @torch.no_grad()
 def relabel_entries(
-    writer: lpldstore.StoreWriter,
+    writer: lpldstore.StoreWriter | lpldstore.BackgroundWriter,
     teacher: nn.Module,
     images: torch.Tensor,
     *,
@@ -77,8 +77,11 @@ def relabel_entries(
 ) -> int:
     """Compute and write every entry of ``writer.todo()``; returns how many were computed.
 
-    ``images`` are the store's uint8 ``(N, H, W, 3)`` images; ``teacher`` takes [0, 1] pixels.
-    The teacher is called exactly once per entry still to do; pruned entries never reach it.
+    ``images`` are the store's uint8 ``(N, H, W, 3)`` images, on the host or already on
+    ``device`` (then nothing is uploaded: pass them so to repeated calls); ``teacher`` takes
+    [0, 1] pixels. The teacher is called exactly once per entry still to do; pruned entries never
+    reach it. A :class:`lpldstore.BackgroundWriter` gets the logits as device tensors and copies
+    them to the host in its own thread, so the teacher does not wait for the write.
     """
     device = device or torch.device("cpu")
     plan, relabel_cfg = writer.plan, writer.attrs.relabel
@@ -86,23 +89,32 @@ def relabel_entries(
     hw = (int(pixels.shape[1]), int(pixels.shape[2]))
     dtype = autocast_dtype(amp, device)
     todo = writer.todo()
+    background = isinstance(writer, lpldstore.BackgroundWriter)
+    # Every entry's image indices in one upload (pinned, asynchronous on a GPU) instead of one
+    # blocking copy per entry; entries then slice them on the device.
+    batches = [plan.batch_indices(epoch, batch) for epoch, batch in todo]
+    ends = np.cumsum([len(idx) for idx in batches], dtype=np.int64)
+    flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64))
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
     rank, _ = _dist.rank_and_world()
     bar = tqdm(
         total=len(todo), desc="relabel", disable=None if progress and rank == 0 else True, file=sys.stderr
     )
     done = 0
     try:
-        for epoch, batch in todo:
-            idx = plan.batch_indices(epoch, batch)
-            params = lpldstore.draw_params(relabel_cfg, hw, len(idx), epoch, batch)
+        for i, (epoch, batch) in enumerate(todo):
+            start = int(ends[i - 1]) if i else 0
+            params = lpldstore.draw_params(relabel_cfg, hw, int(ends[i]) - start, epoch, batch)
             x = lpldstore.apply_params(
-                pixels[torch.from_numpy(idx).to(device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
+                pixels[flat[start : int(ends[i])]], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
             )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                logits = teacher(x)
-            writer.write(epoch, batch, logits=logits.float().cpu().numpy(), params=params)
+                logits = teacher(x).float()
+            writer.write(epoch, batch, logits=logits if background else logits.cpu().numpy(), params=params)
             done += 1
             bar.update(1)
     finally:
@@ -252,9 +264,11 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
     _dist.barrier()
     if existed or rank != 0:
         writer = lpldstore.StoreWriter.open(out, part=part)
-    with writer:
+    # On a GPU the copy of the logits to the host and the write overlap the next entries' teacher.
+    sink = lpldstore.BackgroundWriter(writer) if device.type == "cuda" else writer
+    with sink, _dist.cudnn_autotune(device):
         computed = relabel_entries(
-            writer,
+            sink,
             teacher,
             torch.from_numpy(synth.images),
             device=device,

@@ -366,15 +366,16 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
     teacher = load_teacher_checkpoint(squeeze_dir / artifacts.TEACHER)
     stats.check_teacher(teacher)
     start = time.perf_counter()
-    result = synthesize_images(
-        teacher,
-        stats,
-        config,
-        image_size=stats.image_size,
-        class_names=stats.class_names,
-        device=device,
-        progress=config.progress,
-    )
+    with _dist.cudnn_autotune(device):
+        result = synthesize_images(
+            teacher,
+            stats,
+            config,
+            image_size=stats.image_size,
+            class_names=stats.class_names,
+            device=device,
+            progress=config.progress,
+        )
     seconds = time.perf_counter() - start
     raw = result
     if config.image_format == "jpeg":

@@ -350,7 +350,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
                 f"Expected no checkpoint in {str(out)!r} with resume=false. Got one; choose another out or "
                 "delete it."
             )
-        return _loop(step, loader, val, (mean, std), progress, on_step)
+        with _dist.cudnn_autotune(device):
+            return _loop(step, loader, val, (mean, std), progress, on_step)
     finally:
         torch.set_rng_state(rng_state)
         loader.close()
