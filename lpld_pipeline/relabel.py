@@ -106,7 +106,9 @@ def relabel_entries(
     try:
         for i, (epoch, batch) in enumerate(todo):
             start = int(ends[i - 1]) if i else 0
-            params = lpldstore.draw_params(relabel_cfg, hw, int(ends[i]) - start, epoch, batch)
+            params = lpldstore.draw_params(
+                relabel_cfg, hw, int(ends[i]) - start, epoch, batch, extras=relabel_cfg.extras
+            )
             x = lpldstore.apply_params(
                 pixels[flat[start : int(ends[i])]], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
             )
@@ -179,6 +181,7 @@ def store_records(
             mix=config.mix,
             mix_alpha=config.mix_alpha,
             seed=config.aug_seed,
+            extras=("cutout",) if config.cutout else (),
         )
         dataset = lpldstore.DatasetInfo(
             name=dataset_name,

@@ -92,7 +92,9 @@ RELABEL_PRESETS: dict[str, RelabelStageConfig] = {
     "demo": RelabelStageConfig(batch_size=10, epochs=200, ratio=10, mix="cutmix", plan_seed=42),
     "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix", channels_last=True),
     "tiny": RelabelStageConfig(batch_size=64, epochs=100, ratio=40, mix="none"),
-    "imagenet21k": RelabelStageConfig(batch_size=32, epochs=300, ratio=40, mix="none", channels_last=True),
+    "imagenet21k": RelabelStageConfig(
+        batch_size=32, epochs=300, ratio=40, mix="none", cutout=True, channels_last=True
+    ),
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -225,8 +225,10 @@ class RelabelStageConfig:
     The teacher is ``squeeze_dir``'s ``teacher.pt``; the images are ``synth_dir``'s
     ``images.npz``. The plan is ``epochs`` augmentation epochs of ``batch_size`` images, pruned to
     ``1/ratio`` by ``strategy`` (``prefix``, ``random``, ``epoch``); only its kept entries are ever
-    computed. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``; the
-    ImageNet-21K recipe's cutout is not offered yet (the store does not keep cutout arrays).
+    computed. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``;
+    ``cutout`` adds the ImageNet-21K recipe's random-colour rectangle after the crop
+    (``lpldstore.RelabelConfig(extras=("cutout",))``: the store keeps its boxes and colours, and
+    the pool loader replays them).
     ``codec`` / ``codec_params`` name the logits codec (``lpldstore.CodecConfig``). ``flip_prob``
     None flips half the images where the squeeze data's flips preserve labels and none elsewhere.
     ``amp`` is ``auto`` (bf16 autocast on a GPU, float32 on the CPU), ``none`` (float32), ``bf16``
@@ -249,6 +251,7 @@ class RelabelStageConfig:
     flip_prob: float | None = None
     mix: Literal["cutmix", "none"] = "cutmix"
     mix_alpha: float = 1.0
+    cutout: bool = False
     aug_seed: int = 0
     codec: str = "float16"
     codec_params: dict[str, Any] = dataclasses.field(default_factory=dict)
