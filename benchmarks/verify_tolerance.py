@@ -98,7 +98,8 @@ def main() -> None:
     device = torch.device(args.device)
     rows = measure(device, args.batches, args.batch_size, args.classes)
     doc = {
-        "command": "python benchmarks/verify_tolerance.py" + (f" --device {args.device}" if args.device != "cpu" else ""),
+        "command": "python benchmarks/verify_tolerance.py"
+        + (f" --device {args.device}" if args.device != "cpu" else ""),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
