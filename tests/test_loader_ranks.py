@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lpldstore import PoolLoader, PruningPlan
 from lpldstore.errors import ConfigError
@@ -79,3 +80,34 @@ def test_every_rank_yields_the_same_number_of_batches(padded_stores: dict[int, P
         lengths = np.array([plan.batch_length(int(b)) for b in plan.kept_keys[schedule, 1]])
         held = sum(int(rank_share(lengths, r, world).sum()) for r in range(world))
         assert held - samples <= world * (4 + bs)
+
+
+def test_a_rank_stopping_early_leaves_persistent_workers_ready_for_the_next_epoch(
+    padded_stores: dict[int, Path],
+) -> None:
+    # (13 images, 2 ranks, batches of 3): rank 0's share is the fuller one in some epochs, so it
+    # stops before its workers' stream ends; the next epoch must still be exactly the right one.
+    store, world, bs = padded_stores[13], 2, 3
+    plan = _plan(13)
+    early = 0
+    for epoch in range(4):
+        full = epoch_schedule(plan, "ilp", 3, epoch)
+        lengths = np.array([plan.batch_length(int(b)) for b in plan.kept_keys[full, 1]], dtype=np.int64)
+        common = rank_batches(lengths, world, bs, drop_last=False)
+        early += sum(_share_batches(lengths, r, world, bs, False) > common for r in range(world))
+    assert early >= 2
+    for rank in range(world):
+        plain = PoolLoader(store, policy="ilp", seed=3, batch_size=bs, rank=rank, world_size=world)
+        workers = PoolLoader(
+            store, policy="ilp", seed=3, batch_size=bs, rank=rank, world_size=world, num_workers=1
+        )
+        for epoch in range(4):
+            plain.set_epoch(epoch)
+            workers.set_epoch(epoch)
+            expected, got = list(plain), list(workers)
+            assert len(got) == len(expected) == len(workers)
+            for a, b in zip(expected, got, strict=True):
+                assert torch.equal(a.images, b.images)
+                assert torch.equal(a.keys, b.keys)
+        plain.close()
+        workers.close()
