@@ -107,23 +107,32 @@ def apply_params(x: torch.Tensor, params: AugParams, group_of: torch.Tensor) -> 
     box = torch.as_tensor(params.boxes, dtype=torch.float64)
     top, left, h, w = box.unbind(1)
     sign = 1.0 - 2.0 * torch.as_tensor(params.flips, dtype=torch.float64)
+    # Every per-group number in one host tensor, sent in one copy: theta (6), the clamp box (4)
+    # and the shifts (2, exact in float64). Pinned and asynchronous on a GPU, so that the
+    # iteration's host work does not wait for the device to drain.
+    packed = torch.zeros(len(box), 12, dtype=torch.float64)
     # Affine map of output [-1, 1] coordinates onto the crop (align_corners=False pixel centres).
-    theta = torch.zeros(len(box), 2, 3, dtype=torch.float64)
-    theta[:, 0, 0] = sign * w / width
-    theta[:, 0, 2] = (2 * left + w) / width - 1
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (2 * top + h) / height - 1
-    theta = theta.to(device=dev, dtype=dt)[group_of]
-    grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=False)
+    packed[:, 0] = sign * w / width
+    packed[:, 2] = (2 * left + w) / width - 1
+    packed[:, 4] = h / height
+    packed[:, 5] = (2 * top + h) / height - 1
     # Clamp sampling to the crop's outer pixel centres, as cropping before resizing does; otherwise
     # the border rows would blend in pixels from outside the crop.
-    lo = torch.stack([(2 * left + 1) / width - 1, (2 * top + 1) / height - 1], 1)
-    hi = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1)
-    lo, hi = (b.to(device=dev, dtype=dt)[group_of][:, None, None, :] for b in (lo, hi))
+    packed[:, 6] = (2 * left + 1) / width - 1
+    packed[:, 7] = (2 * top + 1) / height - 1
+    packed[:, 8] = (2 * (left + w) - 1) / width - 1
+    packed[:, 9] = (2 * (top + h) - 1) / height - 1
+    packed[:, 10:12] = torch.as_tensor(params.shifts, dtype=torch.float64)
+    if dev.type == "cuda":
+        packed = packed.pin_memory()
+    per_sample = packed.to(dev, non_blocking=True)[group_of]
+    theta = per_sample[:, :6].to(dt).view(n, 2, 3)
+    grid = F.affine_grid(theta, [n, x.shape[1], height, width], align_corners=False)
+    lo, hi = (per_sample[:, a : a + 2].to(dt)[:, None, None, :] for a in (6, 8))
     grid = torch.maximum(torch.minimum(grid, hi), lo)
     # Rolling the output equals rolling the sampling grid, which carries no gradient: the jitter
     # costs an index on a small tensor instead of a gather (and a scatter in backward) on images.
-    shifts = torch.as_tensor(params.shifts, device=dev)[group_of]
+    shifts = per_sample[:, 10:12].long()
     rows = (torch.arange(height, device=dev)[None, :] - shifts[:, :1]) % height  # (N, H)
     cols = (torch.arange(width, device=dev)[None, :] - shifts[:, 1:]) % width  # (N, W)
     grid = grid[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]

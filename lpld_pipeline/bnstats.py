@@ -375,32 +375,33 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
     plain = (
         train if data.name == "digits" or not data.augment else build_dataset(replace(data, augment=False))
     )
-    teacher = make_teacher(
-        config.teacher,
-        num_classes=num_classes,
-        train_data=plain,
-        seed=config.seed,
-        device=device,
-        views=training_views(data, config.seed) if config.teacher.train_augment else None,
-        progress=config.progress and rank == 0,
-    )
-    # Trained on the spot on several GPUs, ranks could differ in the last bits: rank 0's weights win.
-    _broadcast_weights(teacher)
-    stats = compute_class_stats(
-        teacher,
-        train,
-        image_size=config.data.image_size,
-        batch_size=config.data.batch_size,
-        num_workers=config.data.num_workers,
-        device=device,
-        progress=config.progress,
-        dataset_name=data.name if data.name == "digits" else data.root,
-        estimator=config.class_stats,
-        momentum=config.ema_momentum,
-        # An ImageFolder's training transform augments in the dataset; the digits are augmented here.
-        views=training_views(data, config.seed) if data.augment and data.name == "digits" else None,
-        flip_preserves_labels=data.flip_preserves_labels,
-    )
+    with _dist.cudnn_autotune(device):
+        teacher = make_teacher(
+            config.teacher,
+            num_classes=num_classes,
+            train_data=plain,
+            seed=config.seed,
+            device=device,
+            views=training_views(data, config.seed) if config.teacher.train_augment else None,
+            progress=config.progress and rank == 0,
+        )
+        # Trained on the spot on several GPUs, ranks could differ in the last bits: rank 0's weights win.
+        _broadcast_weights(teacher)
+        stats = compute_class_stats(
+            teacher,
+            train,
+            image_size=config.data.image_size,
+            batch_size=config.data.batch_size,
+            num_workers=config.data.num_workers,
+            device=device,
+            progress=config.progress,
+            dataset_name=data.name if data.name == "digits" else data.root,
+            estimator=config.class_stats,
+            momentum=config.ema_momentum,
+            # An ImageFolder's training transform augments in the dataset; the digits are augmented here.
+            views=training_views(data, config.seed) if data.augment and data.name == "digits" else None,
+            flip_preserves_labels=data.flip_preserves_labels,
+        )
     if config.out and rank == 0:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -413,4 +414,5 @@ def squeeze(config: SqueezeConfig) -> ClassBNStats:
             val = build_dataset(config.data, "val")
             record["teacher_val_accuracy"] = teacher_accuracy(teacher, val, device=device)
         artifacts.write_record(out, "squeeze", record)
+    _dist.barrier()  # the other ranks return once rank 0's files are complete, for the next stage
     return stats

@@ -3,10 +3,13 @@
 The contract shared with the relabel stage: an entry's teacher input is
 ``apply_params(images_uint8[indices], params, store.relabel, mean=(0,0,0), std=(1,1,1))`` ([0, 1]
 pixels; :class:`~lpld_pipeline.teacher.Teacher` normalizes itself) and its logits are
-``teacher(x)`` in float32 on the CPU, stored by the store's codec. Replaying the stored
-augmentations through the same kernels must give back the stored logits up to float16 rounding. A
-store paired with other images, made with another kernel or by another teacher differs by far more
-than that. This check lives in the pipeline because it needs the pipeline's teacher; lpldstore
+``teacher(x)`` in the precision the store records (:mod:`lpld_pipeline.precision`: float32 unless
+the relabel ran under bf16/fp16 autocast or with TF32 on a GPU), stored by the store's codec.
+The check re-runs the teacher on the CPU under the recorded autocast dtype; replaying the stored
+augmentations through the same kernels must give back the stored logits within that precision's
+tolerance (float16 rounding plus its arithmetic), and the report notes when the relabel ran on
+another device type, whose kernels round differently. A store paired with other images, made with
+another kernel or by another teacher differs by far more than that. This check lives in the pipeline because it needs the pipeline's teacher; lpldstore
 itself never imports the pipeline.
 """
 
@@ -22,12 +25,10 @@ import torch
 
 import lpldstore
 from lpld_pipeline.errors import ConfigError
+from lpld_pipeline.precision import autocast_of, recorded_precision, tolerance
 from lpld_pipeline.teacher import Teacher, load_teacher
 
 __all__ = ["EntryCheck", "TeacherReport", "check_against_teacher"]
-
-# Slack for float32 arithmetic differences (threads, BLAS) on top of float16 rounding.
-_ABS_SLACK = 1e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,8 @@ class TeacherReport:
     teacher: str
     entries: tuple[EntryCheck, ...]
     problems: tuple[str, ...]
+    precision: str = "float32"
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -63,6 +66,8 @@ class TeacherReport:
             "teacher": self.teacher,
             "ok": self.ok,
             "problems": list(self.problems),
+            "precision": self.precision,
+            "notes": list(self.notes),
             "entries": [{**dataclasses.asdict(e), "ok": e.ok} for e in self.entries],
         }
 
@@ -96,6 +101,10 @@ def check_against_teacher(
                 f"teacher weights hash to {teacher.sha256()}, but the store was labelled by {relabel.teacher} "
                 f"with weights {relabel.teacher_sha256}"
             )
+        recorded = recorded_precision(store.provenance.config)
+        precision = recorded["precision"] if recorded else "float32"
+        autocast = autocast_of(precision)
+        notes = _precision_notes(recorded)
         committed = np.flatnonzero(store.committed())
         rng = np.random.default_rng(seed)
         picked = np.sort(rng.choice(committed, size=min(entries, len(committed)), replace=False))
@@ -111,14 +120,30 @@ def check_against_teacher(
                 std=(1.0, 1.0, 1.0),
                 override_kernel=override_kernel,
             )
-            with torch.no_grad():
+            with (
+                torch.no_grad(),
+                torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None),
+            ):
                 logits = teacher(x).float().numpy()
             stored = entry.logits.astype(np.float32)
-            # float16 keeps 11 significant bits: rounding moves a logit by at most 2^-11 of its size.
-            tolerance = _ABS_SLACK + float(np.abs(stored).max(initial=0.0)) * 2.0**-10
+            allowed = tolerance(precision, float(np.abs(stored).max(initial=0.0)))
             diff = float(np.abs(logits - stored).max(initial=0.0))
-            checks.append(EntryCheck(entry.epoch, entry.batch, diff, tolerance))
-        return TeacherReport(store.where, relabel.teacher, tuple(checks), tuple(problems))
+            checks.append(EntryCheck(entry.epoch, entry.batch, diff, allowed))
+        return TeacherReport(store.where, relabel.teacher, tuple(checks), tuple(problems), precision, notes)
+
+
+def _precision_notes(recorded: dict[str, Any] | None) -> tuple[str, ...]:
+    if recorded is None:
+        return ("the store records no relabel precision: checked as float32 on the CPU",)
+    notes = [f"relabelled in {recorded['precision']} on {recorded['device_type']}; re-run on cpu"]
+    if recorded["precision"] == "tf32":
+        notes.append("TF32 does not exist on the CPU: re-run in float32 with TF32's tolerance")
+    if recorded["device_type"] != "cpu":
+        notes.append(
+            f"another device type than the relabel's ({recorded['device_type']}): its kernels round "
+            f"differently, so logits agree to {recorded['precision']}'s tolerance, not bit for bit"
+        )
+    return tuple(notes)
 
 
 def _teacher_for(
@@ -145,6 +170,7 @@ def _teacher_for(
 def format_teacher_report(report: TeacherReport) -> str:
     """The text that ``lpld verify --teacher`` prints after the chunk check."""
     lines = [f"teacher: {problem}" for problem in report.problems]
+    lines += [f"note: {note}" for note in report.notes]
     for e in report.entries:
         mark = "ok" if e.ok else "MISMATCH"
         lines.append(

@@ -31,6 +31,7 @@ from lpld_pipeline._feedback import note
 from lpld_pipeline.config import DataConfig, RelabelStageConfig, config_from_dict, config_to_dict
 from lpld_pipeline.errors import ArtifactError, ConfigError
 from lpld_pipeline.imagefolder import read_image_folder
+from lpld_pipeline.precision import recorded_precision, relabel_precision
 from lpld_pipeline.synthesize import SynthesisResult, load_synthesized
 from lpld_pipeline.teacher import Teacher, load_teacher
 from lpldstore.tools.identity import public_name
@@ -68,7 +69,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 @torch.no_grad()
 def relabel_entries(
-    writer: lpldstore.StoreWriter,
+    writer: lpldstore.StoreWriter | lpldstore.BackgroundWriter,
     teacher: nn.Module,
     images: torch.Tensor,
     *,
@@ -79,8 +80,11 @@ def relabel_entries(
 ) -> int:
     """Compute and write every entry of ``writer.todo()``; returns how many were computed.
 
-    ``images`` are the store's uint8 ``(N, H, W, 3)`` images; ``teacher`` takes [0, 1] pixels.
-    The teacher is called exactly once per entry still to do; pruned entries never reach it.
+    ``images`` are the store's uint8 ``(N, H, W, 3)`` images, on the host or already on
+    ``device`` (then nothing is uploaded: pass them so to repeated calls); ``teacher`` takes
+    [0, 1] pixels. The teacher is called exactly once per entry still to do; pruned entries never
+    reach it. A :class:`lpldstore.BackgroundWriter` gets the logits as device tensors and copies
+    them to the host in its own thread, so the teacher does not wait for the write.
     """
     device = device or torch.device("cpu")
     plan, relabel_cfg = writer.plan, writer.attrs.relabel
@@ -88,24 +92,34 @@ def relabel_entries(
     hw = (int(pixels.shape[1]), int(pixels.shape[2]))
     dtype = autocast_dtype(amp, device)
     todo = writer.todo()
+    background = isinstance(writer, lpldstore.BackgroundWriter)
+    # Every entry's image indices in one upload (pinned, asynchronous on a GPU) instead of one
+    # blocking copy per entry; entries then slice them on the device.
+    batches = [plan.batch_indices(epoch, batch) for epoch, batch in todo]
+    ends = np.cumsum([len(idx) for idx in batches], dtype=np.int64)
+    flat = torch.from_numpy(np.concatenate(batches) if batches else np.zeros(0, np.int64))
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
     rank, _ = _dist.rank_and_world()
     bar = tqdm(
         total=len(todo), desc="relabel", disable=None if progress and rank == 0 else True, file=sys.stderr
     )
     done = 0
     try:
-        for epoch, batch in todo:
-            idx = plan.batch_indices(epoch, batch)
-            params = lpldstore.draw_params(relabel_cfg, hw, len(idx), epoch, batch)
-            # A copy: an sre2l plan's indices are a read-only view of its memoized permutation.
+        for i, (epoch, batch) in enumerate(todo):
+            start = int(ends[i - 1]) if i else 0
+            params = lpldstore.draw_params(
+                relabel_cfg, hw, int(ends[i]) - start, epoch, batch, extras=relabel_cfg.extras
+            )
             x = lpldstore.apply_params(
-                pixels[torch.tensor(idx, device=device)], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
+                pixels[flat[start : int(ends[i])]], params, relabel_cfg, _UNIT_MEAN, _UNIT_STD
             )
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                logits = teacher(x)
-            writer.write(epoch, batch, logits=logits.float().cpu().numpy(), params=params)
+                logits = teacher(x).float()
+            writer.write(epoch, batch, logits=logits if background else logits.cpu().numpy(), params=params)
             done += 1
             bar.update(1)
     finally:
@@ -171,6 +185,7 @@ def store_records(
             mix=config.mix,
             mix_alpha=config.mix_alpha,
             seed=config.aug_seed,
+            extras=("cutout",) if config.cutout else (),
         )
         dataset = lpldstore.DatasetInfo(
             name=dataset_name,
@@ -278,6 +293,18 @@ def _relabel_inputs(config: RelabelStageConfig) -> tuple[SynthesisResult, Teache
     return synth, teacher, name, flips_ok
 
 
+def _check_same_precision(path: Path, precision: dict[str, Any]) -> None:
+    with lpldstore.open_store(path) as store:
+        stored = recorded_precision(store.provenance.config)
+    if stored is not None and stored["precision"] != precision["precision"]:
+        raise ConfigError(
+            f"Expected to continue the store at {str(path)!r} in the precision it was started in "
+            f"({stored['precision']} on {stored['device_type']}), so that `lpld verify --teacher` can check "
+            f"every entry alike. Got {precision['precision']} on {precision['device_type']}; set amp (and "
+            "device) as the first run did, or start another store."
+        )
+
+
 def relabel(config: RelabelStageConfig) -> RelabelResult:
     """Run the relabel stage: fill (or continue filling) the store at ``config.out``."""
     synth, teacher, name, flips_ok = _relabel_inputs(config)
@@ -290,22 +317,25 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
         teacher.model.to(memory_format=torch.channels_last)
     records = store_records(config, teacher, synth, name, flip_preserves_labels=flips_ok)
     existed = out.exists()
-    _barrier()  # every rank has looked before rank 0 may create the store
+    _dist.barrier()  # every rank has looked before rank 0 may create the store
     if existed and not config.resume:
         raise ConfigError(
             f"Expected no store at {str(out)!r} with resume=false. Got an existing path; choose another out, "
             "delete it, or set resume=true to continue it."
         )
+    # What `verify --teacher` must reproduce: the arithmetic of this run, recorded with the store.
+    precision = relabel_precision(autocast_dtype(config.amp, device), device)
     if existed:
         _check_same_store(out, records)
+        _check_same_precision(out, precision)
     start = time.perf_counter()
     part = (rank, world)
-    provenance = provenance_record(config, teacher)
+    provenance = provenance_record(config, teacher) | {"precision": precision}
     if not existed and rank == 0:
         writer = lpldstore.StoreWriter.create(
             out, images=synth.images, labels=synth.labels, config=provenance, part=part, **records
         )
-    _barrier()
+    _dist.barrier()
     if existed or rank != 0:
         writer = lpldstore.StoreWriter.open(out, part=part)
     if existed:
@@ -316,9 +346,11 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
             if left == 0
             else f"relabel: resuming {out.name} at entry {mine - left} of {mine}"
         )
-    with writer:
+    # On a GPU the copy of the logits to the host and the write overlap the next entries' teacher.
+    sink = lpldstore.BackgroundWriter(writer) if device.type == "cuda" else writer
+    with sink, _dist.cudnn_autotune(device):
         computed = relabel_entries(
-            writer,
+            sink,
             teacher,
             torch.from_numpy(synth.images),
             device=device,
@@ -326,7 +358,7 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
             channels_last=config.channels_last,
             progress=config.progress,
         )
-    _barrier()
+    _dist.barrier()
     plan = records["plan"]
     return RelabelResult(
         store=str(out),
@@ -340,10 +372,3 @@ def relabel(config: RelabelStageConfig) -> RelabelResult:
 def _part_size(kept: int, block: int, rank: int, world: int) -> int:
     """How many kept entries part ``rank`` of ``world`` holds: the writer gives parts whole blocks in turn."""
     return int(((np.arange(kept) // block) % world == rank).sum())
-
-
-def _barrier() -> None:
-    if _dist.rank_and_world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()

@@ -451,16 +451,17 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
         }
         parts = _Parts(Path(config.out) / _PARTIAL / f"rank{rank:03d}-of-{world:03d}", stamp)
     start = time.perf_counter()
-    result = synthesize_images(
-        teacher,
-        stats,
-        config,
-        image_size=stats.image_size,
-        class_names=stats.class_names,
-        device=device,
-        progress=config.progress,
-        parts=parts,
-    )
+    with _dist.cudnn_autotune(device):
+        result = synthesize_images(
+            teacher,
+            stats,
+            config,
+            image_size=stats.image_size,
+            class_names=stats.class_names,
+            device=device,
+            progress=config.progress,
+            parts=parts,
+        )
     seconds = time.perf_counter() - start
     raw = result
     if config.image_format == "jpeg":
@@ -497,4 +498,5 @@ def synthesize(config: SynthesisConfig) -> SynthesisResult:
             artifacts.write_record(out, "synthesize", record)
         if parts is not None:
             parts.remove()  # this rank's images are in its images file now
+    _dist.barrier()  # every rank's shard and rank 0's record exist before any rank reads them
     return result

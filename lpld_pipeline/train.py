@@ -149,11 +149,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for x, y in DataLoader(shard, batch_size=batch_size):
-        x = (x.to(device) - m) / s
+    for x, y in DataLoader(shard, batch_size=batch_size, pin_memory=device.type == "cuda"):
+        x = (x.to(device, non_blocking=True) - m) / s
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             pred = model(x).argmax(1)
-        counts[0] += (pred == y.to(device)).sum()
+        counts[0] += (pred == y.to(device, non_blocking=True)).sum()
         counts[1] += len(y)
     _dist.all_reduce_sum(counts)
     model.train(was_training)
@@ -356,7 +356,8 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], None] | None =
                 f"Expected no checkpoint in {str(out)!r} with resume=false. Got one; choose another out or "
                 "delete it."
             )
-        return _loop(step, loader, val, (mean, std), progress, on_step)
+        with _dist.cudnn_autotune(device):
+            return _loop(step, loader, val, (mean, std), progress, on_step)
     finally:
         torch.set_rng_state(rng_state)
         loader.close()
@@ -414,16 +415,19 @@ def _loop(
             epoch = progress.epoch
             lr = step.set_epoch(epoch)
             loader.set_epoch(epoch)
-            sums = torch.zeros(4, dtype=torch.float64)  # loss x n, correct, n, steps
+            # Loss x n, samples and steps add up on the host (the loss is read each step anyway);
+            # hard-label hits on the device, so that counting them does not wait for the GPU.
+            loss_sum, samples_seen, steps_run = 0.0, 0, 0
+            correct = torch.zeros((), dtype=torch.float64, device=device)
             t0 = time.perf_counter()
             for batch in loader:
                 loss, logits = step(batch)
                 progress.global_step += 1
                 n = len(batch)
                 value = float(loss)
-                sums += torch.tensor([value * n, 0.0, n, 1], dtype=torch.float64)
+                loss_sum, samples_seen, steps_run = loss_sum + value * n, samples_seen + n, steps_run + 1
                 if batch.labels is not None:
-                    sums[1] += float((logits.argmax(1).cpu() == batch.labels.cpu()).sum())
+                    correct += (logits.argmax(1) == batch.labels.to(device, non_blocking=True)).sum()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{value:.4f}", refresh=False)
                 if (
@@ -433,7 +437,11 @@ def _loop(
                     checkpoint()
                 if on_step is not None:
                     on_step(progress.global_step, value)
+            # On the rank's device: NCCL reduces CUDA tensors only.
+            sums = torch.tensor([loss_sum, 0.0, samples_seen, steps_run], dtype=torch.float64, device=device)
+            sums[1] = correct
             _dist.all_reduce_sum(sums)
+            sums = sums.cpu()
             seconds = time.perf_counter() - t0
             samples = float(sums[2])
             log(

@@ -283,6 +283,30 @@ def test_cutout_kernel_equals_pil_rectangle() -> None:
         assert torch.equal(out[i], torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
 
 
+def test_cutout_gpu_path_equals_the_cpu_path() -> None:
+    # The mask path that runs on a GPU, run on the CPU against the per-sample slices.
+    params = draw_params(_relabel(output_size=(17, 23)), (37, 45), 40, 0, 3, extras=("cutout",))
+    arrays = params.to_arrays()
+    x = torch.randint(0, 256, (40, 3, 17, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    expected = ops.cutout_kernel(x, arrays, _relabel())
+    box = np.asarray(arrays["cutout_box"], dtype=np.int64)
+    cy, cx, ch, cw = box.T
+    bounds = np.stack(
+        [
+            np.clip(cy - ch // 2, 0, 17),
+            np.minimum(np.clip(cy + ch // 2, 0, 17) + 1, 17),
+            np.clip(cx - cw // 2, 0, 23),
+            np.minimum(np.clip(cx + cw // 2, 0, 23) + 1, 23),
+        ],
+        axis=1,
+    )
+    fill = np.asarray(arrays["cutout_fill"])
+    assert torch.equal(ops._cutout_masked(x, bounds, fill, inplace=False), expected)
+    inplace = x.clone()
+    assert ops._cutout_masked(inplace, bounds, fill, inplace=True) is inplace
+    assert torch.equal(inplace, expected)
+
+
 # --- kernel contracts (torchvision check_kernel) ------------------------------------------------
 
 

@@ -90,9 +90,11 @@ SYNTHESIS_PRESETS: dict[str, SynthesisConfig] = {
 # Relabel and training recipes of reference/method.md 1.3-1.4. ``demo``: digits, IPC 10, 10x.
 RELABEL_PRESETS: dict[str, RelabelStageConfig] = {
     "demo": RelabelStageConfig(batch_size=10, epochs=200, ratio=10, mix="cutmix", plan_seed=42),
-    "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix"),
+    "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix", channels_last=True),
     "tiny": RelabelStageConfig(batch_size=64, epochs=100, ratio=40, mix="none"),
-    "imagenet21k": RelabelStageConfig(batch_size=32, epochs=300, ratio=40, mix="none"),
+    "imagenet21k": RelabelStageConfig(
+        batch_size=32, epochs=300, ratio=40, mix="none", cutout=True, channels_last=True
+    ),
 }
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -120,6 +122,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         val=DataConfig(name="imagefolder", image_size=224, num_workers=8),
         num_workers=8,
         device_loader=False,
+        channels_last=True,
     ),
     "tiny": TrainConfig(
         model="resnet18",
@@ -149,6 +152,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         val_interval=50,
         num_workers=8,
         device_loader=False,
+        channels_last=True,
     ),
 }
 

@@ -234,8 +234,10 @@ class RelabelStageConfig:
     computed. ``sampler`` ``sre2l`` draws the batches as SRe2L's relabel script does (torch's
     ``RandomSampler`` seeded ``plan_seed``, 42 there), so that ``lpldstore export --to sre2l`` of the
     store is exact; ``last_batch`` None is ``drop`` for the ``lpldstore`` sampler and ``pad`` (SRe2L's
-    ``drop_last=False``) for ``sre2l``. ``output_size`` 0 means the image size. ``mix`` is ``cutmix`` or ``none``; the
-    ImageNet-21K recipe's cutout is not offered yet (the store does not keep cutout arrays).
+    ``drop_last=False``) for ``sre2l``. ``output_size`` 0 means the image size. ``mix`` is ``cutmix``
+    or ``none``; ``cutout`` adds the ImageNet-21K recipe's random-colour rectangle after the crop
+    (``lpldstore.RelabelConfig(extras=("cutout",))``: the store keeps its boxes and colours, and
+    the pool loader replays them).
     ``codec`` / ``codec_params`` name the logits codec (``lpldstore.CodecConfig``). ``flip_prob``
     None flips half the images where the squeeze data's flips preserve labels and none elsewhere.
     ``amp`` is ``auto`` (bf16 autocast on a GPU, float32 on the CPU), ``none`` (float32), ``bf16``
@@ -265,6 +267,7 @@ class RelabelStageConfig:
     flip_prob: float | None = None
     mix: Literal["cutmix", "none"] = "cutmix"
     mix_alpha: float = 1.0
+    cutout: bool = False
     aug_seed: int = 0
     codec: str = "float16"
     codec_params: dict[str, Any] = dataclasses.field(default_factory=dict)

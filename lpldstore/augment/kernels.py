@@ -235,14 +235,42 @@ def cutout_kernel(
     hence the ``+ 1`` on the exclusive end (and the same for columns).
     """
     del relabel
-    out_h, out_w = x.shape[-2:]
+    n, out_h, out_w = x.shape[0], x.shape[-2], x.shape[-1]
+    cy, cx, ch, cw = np.asarray(arrays["cutout_box"], dtype=np.int64).reshape(n, 4).T
+    # Every sample's row and column range [start, end) and its colour.
+    bounds = np.stack(
+        [
+            np.clip(cy - ch // 2, 0, out_h),
+            np.minimum(np.clip(cy + ch // 2, 0, out_h) + 1, out_h),
+            np.clip(cx - cw // 2, 0, out_w),
+            np.minimum(np.clip(cx + cw // 2, 0, out_w) + 1, out_w),
+        ],
+        axis=1,
+    )
+    fill = np.asarray(arrays["cutout_fill"]).reshape(n, 3)
+    if x.device.type != "cpu":
+        return _cutout_masked(x, bounds, fill, inplace=inplace)
+    # On the CPU a slice assignment per sample touches only the rectangles: at 128 x 224 px it
+    # takes 3 ms where one mask over the whole batch takes 26 ms (one thread).
     out = x if inplace else x.clone()
-    fill = _tensor(arrays["cutout_fill"], np.uint8, x.device).to(x.dtype)
-    for i, (cy, cx, ch, cw) in enumerate(np.asarray(arrays["cutout_box"]).tolist()):
-        y1, y2 = min(max(cy - ch // 2, 0), out_h), min(max(cy + ch // 2, 0), out_h)
-        x1, x2 = min(max(cx - cw // 2, 0), out_w), min(max(cx + cw // 2, 0), out_w)
-        out[i, :, y1 : min(y2 + 1, out_h), x1 : min(x2 + 1, out_w)] = fill[i].view(3, 1, 1)
+    colours = torch.from_numpy(fill.astype(np.uint8)).to(x.dtype)
+    for i, (y1, y2, x1, x2) in enumerate(bounds.tolist()):
+        out[i, :, y1:y2, x1:x2] = colours[i].view(3, 1, 1)
     return out
+
+
+def _cutout_masked(
+    x: torch.Tensor, bounds: npt.NDArray[np.int64], fill: npt.NDArray[Any], *, inplace: bool
+) -> torch.Tensor:
+    """Cutout on a GPU: one mask for the whole batch and one upload, not a launch per sample."""
+    packed = _tensor(np.concatenate([bounds, fill.astype(np.int64)], axis=1), np.int64, x.device)
+    rows = torch.arange(x.shape[-2], device=x.device)
+    cols = torch.arange(x.shape[-1], device=x.device)
+    in_rows = (rows >= packed[:, 0:1]) & (rows < packed[:, 1:2])  # (n, h)
+    in_cols = (cols >= packed[:, 2:3]) & (cols < packed[:, 3:4])  # (n, w)
+    mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    filled = torch.where(mask, packed[:, 4:7].to(x.dtype)[:, :, None, None], x)
+    return x.copy_(filled) if inplace else filled
 
 
 #: The kernel of every registered augmentation, by its name. Read-only.

@@ -45,7 +45,7 @@ import torch.utils.data
 
 from lpldstore.errors import ConfigError
 from lpldstore.loader.pool import LoaderConfig, PoolBatch, PoolLoader
-from lpldstore.loader.schedule import epoch_schedule, rank_share
+from lpldstore.loader.schedule import epoch_schedule, rank_batches
 from lpldstore.storage._open import StoreLike
 
 __all__ = ["Output", "PoolDataset"]
@@ -133,12 +133,9 @@ class PoolDataset(torch.utils.data.IterableDataset[Any]):
         seed = loader.state_dict()["seed"]  # the config's, or a loaded state's
         full = epoch_schedule(plan, cfg.policy, seed, self.epoch, cfg.steps_per_epoch)
         lengths = np.array([plan.batch_length(b) for b in range(plan.batches_per_epoch)], dtype=np.int64)
-        counts = []
-        for rank in range(loader.world_size):
-            share = rank_share(full, rank, loader.world_size)
-            total = int(lengths[plan.kept_keys[share, 1]].sum())
-            counts.append(total // cfg.batch_size if cfg.drop_last else -(-total // cfg.batch_size))
-        return min(counts)
+        return rank_batches(
+            lengths[plan.kept_keys[full, 1]], loader.world_size, cfg.batch_size, drop_last=cfg.drop_last
+        )
 
     def _batches(self) -> Iterator[PoolBatch]:
         info = torch.utils.data.get_worker_info()

@@ -33,7 +33,9 @@ stored batch splits it, larger joins several. CutMix is always applied on the wh
 before cutting, exactly as relabeling saw it.
 
 Distributed: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule, padded by wrapping
-so that all ranks have the same number of steps.
+so that all ranks have the same number of steps. With a training batch size every rank yields the
+same number of batches (:func:`~lpldstore.loader.schedule.rank_batches`), also where a padded
+plan's short batches leave the ranks' shares with different numbers of samples.
 
 Resuming: :meth:`PoolLoader.state_dict` is ``{"seed", "epoch", "step"}`` (``step``: batches
 yielded so far in the epoch); :meth:`PoolLoader.load_state_dict` continues with exactly the
@@ -59,7 +61,7 @@ from lpldstore.format.params import AugmentParams, check_kernel_name
 from lpldstore.format.plan import PruningPlan
 from lpldstore.format.records import RelabelConfig
 from lpldstore.loader import _damage
-from lpldstore.loader.schedule import Policy, check_policy, epoch_schedule, rank_share
+from lpldstore.loader.schedule import Policy, check_policy, epoch_schedule, rank_batches, rank_share
 from lpldstore.storage._open import StoreLike
 from lpldstore.storage.reader import EntryMetadata, LabelStore, open_store
 
@@ -460,12 +462,12 @@ class PoolLoader:
         return self._batch_lengths[self.plan.kept_keys[positions, 1]]
 
     def __len__(self) -> int:
-        positions = self.positions()
         bs = self.config.batch_size
         if bs is None:
-            return len(positions)
-        total = int(self._lengths(positions).sum())
-        return total // bs if self.config.drop_last else -(-total // bs)
+            return len(self.positions())
+        cfg = self.config
+        full = epoch_schedule(self.plan, cfg.policy, self._seed, self._epoch, cfg.steps_per_epoch)
+        return rank_batches(self._lengths(full), self.world_size, bs, drop_last=cfg.drop_last)
 
     # -- iteration -----------------------------------------------------------------------------
 
@@ -528,6 +530,9 @@ class PoolLoader:
             skip = offset - (int(ends[first - 1]) if first else 0)
             stream = _cut(self._stored_batches(positions[first:]), bs, skip, self.config.drop_last)
         self._step = start
+        steps = len(self)
+        if start >= steps:
+            return
         for item in stream:
             self._step += 1
             yield PoolBatch(
@@ -538,6 +543,8 @@ class PoolLoader:
                 labels=item.get("labels"),
                 partner_labels=item.get("partner_labels"),
             )
+            if self._step >= steps:
+                break  # a fuller share stops where the emptiest rank's share does (rank_batches)
 
     # -- resuming ------------------------------------------------------------------------------
 

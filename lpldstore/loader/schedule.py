@@ -27,7 +27,10 @@ Policies
 
 Distributed sharing: rank ``r`` of ``w`` takes steps ``r, r + w, ...`` of the schedule padded by
 wrapping around to a multiple of ``w``, so every rank has the same number of steps and the union
-over ranks is the schedule (plus at most ``w - 1`` repeated steps from its start).
+over ranks is the schedule (plus at most ``w - 1`` repeated steps from its start). Cut into
+training batches of a fixed size, the shares of a plan with short (``last_batch="pad"``) batches
+can hold different numbers of samples; :func:`rank_batches` is the one batch count every rank
+yields, so that DDP's ranks step equally often.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy.typing as npt
 from lpldstore.errors import ConfigError
 from lpldstore.format.plan import PruningPlan
 
-__all__ = ["Policy", "epoch_schedule", "rank_share"]
+__all__ = ["Policy", "epoch_schedule", "rank_batches", "rank_share"]
 
 Policy = Literal["ilp", "epoch", "sequential", "stored", "order"]
 
@@ -119,3 +122,21 @@ def rank_share(schedule: npt.NDArray[np.int64], rank: int, world_size: int) -> n
     total = -(-n // world_size) * world_size
     padded = np.resize(schedule, total) if n else schedule
     return np.asarray(padded[rank::world_size], dtype=np.int64)
+
+
+def rank_batches(lengths: npt.NDArray[np.int64], world_size: int, batch_size: int, *, drop_last: bool) -> int:
+    """Training batches of ``batch_size`` that every rank yields from a schedule of stored batches.
+
+    ``lengths`` holds the real samples of each step of the whole (unshared) schedule. Each rank's
+    share (:func:`rank_share`) is cut into batches; the shares can hold different numbers of
+    samples (a padded plan's short last batches), and a rank that stepped once more than the
+    others would hang DDP's next all-reduce. So every rank yields the fewest batches any share
+    fills, leaving out of the epoch the less than one stored batch plus one training batch of
+    samples that the fuller shares hold beyond it.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    counts = []
+    for rank in range(_check_int("world_size", world_size, 1)):
+        total = int(rank_share(np.asarray(lengths, dtype=np.int64), rank, world_size).sum())
+        counts.append(total // batch_size if drop_last else -(-total // batch_size))
+    return min(counts)
