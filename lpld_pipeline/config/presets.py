@@ -93,7 +93,14 @@ RELABEL_PRESETS: dict[str, RelabelStageConfig] = {
     "imagenet1k": RelabelStageConfig(batch_size=128, epochs=300, ratio=40, mix="cutmix", channels_last=True),
     "tiny": RelabelStageConfig(batch_size=64, epochs=100, ratio=40, mix="none"),
     "imagenet21k": RelabelStageConfig(
-        batch_size=32, epochs=300, ratio=40, mix="none", cutout=True, channels_last=True
+        # The 21K relabel crops and cuts out but never flips (reference/method.md 1.3).
+        batch_size=32,
+        epochs=300,
+        ratio=40,
+        mix="none",
+        cutout=True,
+        flip_prob=0.0,
+        channels_last=True,
     ),
 }
 
