@@ -278,3 +278,22 @@ def test_digests_do_not_depend_on_nan_bits(honest: Path) -> None:
         assert np.array_equal(
             digest_row(s.attrs, e, b, nan_row, raw), digest_row(s.attrs, e, b, other_nan, raw)
         )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_logits_digests_tell_inf_from_nan_and_ignore_nan_payloads(dtype: type) -> None:
+    from lpldstore.format.integrity import logits_digest
+
+    def digest(values: np.ndarray) -> bytes:
+        return logits_digest(b"store", 1, 2, values)
+
+    finite = np.arange(12, dtype=dtype).reshape(3, 4)
+    uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
+    quiet, other = finite.copy(), finite.copy()
+    quiet[1, 2] = np.nan
+    other.view(uint)[1, 2] = np.array(np.nan, dtype=dtype).view(uint) | 1  # another NaN payload
+    assert np.isnan(other[1, 2])
+    infinite = finite.copy()
+    infinite[1, 2] = np.inf
+    assert digest(quiet) == digest(other)
+    assert len({digest(finite), digest(quiet), digest(infinite), digest(-infinite)}) == 4

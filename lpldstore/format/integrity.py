@@ -153,9 +153,11 @@ def _canonical_values(values: npt.NDArray[Any]) -> memoryview:
     elif arr.dtype.kind == "f":
         exponent, mantissa = _NAN_MASKS[arr.dtype.itemsize]
         bits = arr.view(f"<u{arr.dtype.itemsize}")
-        nan = ((bits & exponent) == exponent) & ((bits & mantissa) != 0)
-        if nan.any():  # a missing chunk's fill and a written NaN must hash alike
-            arr = np.where(nan, np.array(math.nan, dtype=arr.dtype), arr)
+        special = (bits & exponent) == exponent  # inf or NaN: rare, so the mantissa test waits for one
+        if special.any():
+            nan = special & ((bits & mantissa) != 0)
+            if nan.any():  # a missing chunk's fill and a written NaN must hash alike
+                arr = np.where(nan, np.array(math.nan, dtype=arr.dtype), arr)
     return np.ascontiguousarray(arr).data.cast("B")
 
 
