@@ -158,6 +158,46 @@ class StoreWriter:
             raise
         # A writer dropped without close() still gives its leases back.
         self._release = weakref.finalize(self, self._leases.release)
+        self._remove_interrupted_writes()
+
+    def _remove_interrupted_writes(self) -> None:
+        """Delete what a killed writer left of chunk files it was writing in this part's blocks.
+
+        A chunk is written to ``NAME.<random>.partial`` and renamed into place (zarr's atomic
+        write), so a writer killed mid-file leaves that temporary file beside the chunk. Only
+        chunks of entries not yet committed can have one (an entry's data is written before its
+        commit flag, and the flags chunk itself before any of its entries count as committed), and
+        the leases make this writer the only one on its blocks; so the temporary files of this
+        part's uncommitted entries are removed, before anything is written again.
+        """
+        committed = np.asarray(self._arrays["pool/committed"][:], dtype=bool)
+        todo = np.flatnonzero(self._owned & ~committed)
+        if not todo.size:
+            return
+        root = Path(os.path.realpath(self.path))
+        for path, array in self._arrays.items():
+            if not path.startswith("pool/"):
+                continue
+            per_file = int((array.shards or array.chunks)[0])
+            tail = (0,) * (array.ndim - 1)
+            for index in np.unique(todo // per_file).tolist():
+                key = array.metadata.encode_chunk_key((index, *tail))
+                chunk = self.path / path / key
+                try:
+                    with os.scandir(chunk.parent) as entries:
+                        leftovers = [
+                            e.path
+                            for e in entries
+                            if e.name.startswith(f"{chunk.name}.")
+                            and e.name.endswith(".partial")
+                            and e.is_file(follow_symlinks=False)
+                        ]
+                except FileNotFoundError:
+                    continue
+                # Never through a linked folder: only files inside this store's own directory go.
+                if leftovers and Path(os.path.realpath(chunk.parent)).is_relative_to(root):
+                    for leftover in leftovers:
+                        os.unlink(leftover)
 
     # -- creation ------------------------------------------------------------------------------
 

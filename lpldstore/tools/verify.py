@@ -371,8 +371,16 @@ def _check_files(store: LabelStore, problems: list[Problem]) -> None:
             elif rel_folder.parts[:1] == (LEASE_DIR,):
                 continue
             elif not bounded.allowed(rel):  # type: ignore[attr-defined]
+                hint = (
+                    "; a chunk write interrupted mid-file left it: reopening the writer "
+                    "(StoreWriter.open) to finish the store removes it"
+                    if name.endswith(".partial")
+                    else ""
+                )
                 problems.append(
-                    Problem("files", f"{rel} is not a file of this store (left out by pack, never read)")
+                    Problem(
+                        "files", f"{rel} is not a file of this store (left out by pack, never read){hint}"
+                    )
                 )
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
 
