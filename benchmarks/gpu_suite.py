@@ -62,6 +62,9 @@ from typing import Any
 import numpy as np
 import torch
 
+if not __package__:  # run as `python benchmarks/gpu_suite.py`: the repository root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {

@@ -46,6 +46,7 @@ import platform
 import pstats
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ import torch
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+if not __package__:  # run as `python benchmarks/writer.py`: the repository root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lpldstore import (
     AugmentParams,

@@ -195,3 +195,15 @@ def test_a_codec_is_built_once_per_store_handle(tmp_path: Path, monkeypatch: pyt
     assert created <= 3
     assert opened == 1
     assert len(builds) <= 2
+
+
+def test_benchmarks_that_import_each_other_run_as_documented_scripts() -> None:
+    # `python benchmarks/x.py` puts benchmarks/ on sys.path, not the repository root.
+    bootstrap = "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))"
+    needing = [
+        p.name
+        for p in sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+        if "from benchmarks" in p.read_text() or "import benchmarks" in p.read_text()
+    ]
+    assert needing, "the check would pass vacuously"
+    assert [n for n in needing if bootstrap not in (PACKAGE.parent / "benchmarks" / n).read_text()] == []
