@@ -287,7 +287,7 @@ def test_logits_digests_tell_inf_from_nan_and_ignore_nan_payloads(dtype: type) -
     def digest(values: np.ndarray) -> bytes:
         return logits_digest(b"store", 1, 2, values)
 
-    finite = np.arange(12, dtype=dtype).reshape(3, 4)
+    finite: np.ndarray = np.arange(12, dtype=dtype).reshape(3, 4)
     uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
     quiet, other = finite.copy(), finite.copy()
     quiet[1, 2] = np.nan
