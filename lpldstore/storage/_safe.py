@@ -21,6 +21,7 @@ into a message.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import errno
@@ -29,7 +30,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +421,20 @@ class BoundedStore(WrapperStore[Store]):
 
     # -- reading -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transport_errors(self, key: str, done: str, hint: str = "") -> Iterator[None]:
+        """A remote store's transport failure as one :class:`StoreDamagedError`; others pass as they are."""
+        try:
+            yield
+        except LpldStoreError:
+            raise
+        except Exception as exc:
+            if not self.remote:
+                raise
+            raise StoreDamagedError(
+                f"{self.where}: '{key}' could not be {done} ({describe_error(exc)}).{hint}"
+            ) from exc
+
     async def get(
         self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
@@ -434,16 +449,10 @@ class BoundedStore(WrapperStore[Store]):
             )
         token = read_limit.set(limit)
         try:
-            buf = await self._store.get(key, prototype, byte_range)
-        except LpldStoreError:
-            raise
-        except Exception as exc:
-            if not self.remote:
-                raise
-            raise StoreDamagedError(
-                f"{self.where}: '{key}' could not be fetched ({describe_error(exc)}). Check the connection and "
-                "the URL, or try again later."
-            ) from exc
+            with self._transport_errors(
+                key, "fetched", " Check the connection and the URL, or try again later."
+            ):
+                buf = await self._store.get(key, prototype, byte_range)
         finally:
             read_limit.reset(token)
         if buf is None:
@@ -545,16 +554,8 @@ class BoundedStore(WrapperStore[Store]):
         if key in self._pinned:
             return True
         self.limit(key)
-        try:
+        with self._transport_errors(key, "checked"):
             return await self._store.exists(key)
-        except LpldStoreError:
-            raise
-        except Exception as exc:
-            if not self.remote:
-                raise
-            raise StoreDamagedError(
-                f"{self.where}: '{key}' could not be checked ({describe_error(exc)})."
-            ) from exc
 
     async def set(self, key: str, value: Buffer) -> None:
         if key not in self._meta_keys:
