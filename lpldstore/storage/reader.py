@@ -135,6 +135,17 @@ _DIGEST_BLOCKS = 4096
 _RECORD_BLOCKS = 64
 
 
+def _record_ios(
+    chunk_io: Mapping[str, ChunkIO | None], row_fields: Sequence[str]
+) -> dict[str, ChunkIO] | None:
+    """The whole-chunk readers of the commit flags and every record array, when all share a block."""
+    ios = {name: chunk_io[f"pool/{name}"] for name in ("committed", *row_fields)}
+    found = {name: io for name, io in ios.items() if io is not None}
+    if len(found) != len(ios) or len({io.rows for io in found.values()}) != 1:
+        return None
+    return found
+
+
 class LabelStore:
     """A read-only view of a store. Use :func:`open_store` to get one; close it when done.
 
@@ -157,6 +168,7 @@ class LabelStore:
         self._chunk_io = {path: ChunkIO.of(array) for path, array in self._arrays.items()}
         # Per block: its final record chunks, and the positions whose rows passed entry_from's checks.
         self._record_blocks: dict[int, tuple[dict[str, npt.NDArray[Any]], set[int]]] = {}
+        self._record_ios = _record_ios(self._chunk_io, self._row_fields)
 
     @property
     def bound(self) -> bool:
@@ -292,18 +304,17 @@ class LabelStore:
         row's record checks and entry digest run on its first read; the logits and their digest are
         read and checked on every read.
         """
-        paths = [f"pool/{name}" for name in ("committed", *self._row_fields)]
-        ios = [self._chunk_io[path] for path in paths]
-        if any(io is None for io in ios) or len({io.rows for io in ios if io is not None}) != 1:
+        ios = self._record_ios
+        if ios is None:
             return None
-        rows = ios[0].rows if ios[0] is not None else 1
+        rows = ios["committed"].rows
         number = position // rows
         cached = self._record_blocks.get(number)
         if cached is None:
             block: dict[str, npt.NDArray[Any]] = {}
-            for name, io in zip(("committed", *self._row_fields), ios, strict=True):
+            for name, io in ios.items():
                 try:
-                    chunk = io.read_or_none(number) if io is not None else None
+                    chunk = io.read_or_none(number)
                 except _guard.READ_ERRORS:
                     return None
                 if chunk is None:
